@@ -1,0 +1,32 @@
+# Two commands do everything: `make demo` and `make test`. Each creates/reuses .venv and installs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export WANDB_MODE ?= offline
+
+.PHONY: install test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.14.1 + torchvision 0.29.1 pair; the CPU-only torch 2.13 cannot be paired with torchvision here.
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests -m "not gpu" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/dvdp-hr demo --run-dir runs/demo
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/sampling_cost.py
+
+clean:
+	rm -rf $(VENV) .cache runs

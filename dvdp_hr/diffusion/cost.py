@@ -1,0 +1,43 @@
+"""Cost model and the band-SNR turning-point rule (dvdp-math.md s8)."""
+from typing import Sequence
+
+from .sampler import step_grid
+from .schedule import DVDPSchedule
+from .betas import BETA_SCHEDULES, cumulative_alphas
+
+
+# dvdp-math.md s8: sum over denoiser calls of (r_k / r_0)^2, divided by the number of calls
+def cost_fraction(schedule: DVDPSchedule, steps: int | None = None) -> float:
+    calls = step_grid(schedule, steps)[:-1]
+    pixels = [(schedule.stage_resolution(schedule.stage_of(t)) / schedule.resolution) ** 2 for t in calls]
+    return sum(pixels) / len(calls)
+
+
+# dvdp-math.md s8: per-coordinate SNR of the band removed at the end of stage k
+def band_snr(abar_t: float, band_variance: float) -> float:
+    return abar_t * band_variance / (1 - abar_t)
+
+
+def propose_turning_points(resolution: int, root_resolution: int, band_variances: Sequence[float],
+                           num_steps: int = 1000, beta_schedule: str = "cosine",
+                           threshold: float = 0.03) -> list[int]:
+    """First t at which each removed band's SNR drops below threshold (dvdp-math.md s8).
+
+    band_variances[k]: per-coordinate variance of Q'z0 at stage k in orthonormal units (4^k times the
+    pixel-unit variance, data_tools/band_stats.py), k = 0 .. K-1. Points are made strictly increasing.
+    """
+    levels = (resolution // root_resolution).bit_length() - 1
+    if len(band_variances) != levels:
+        raise ValueError(f"band_variances needs {levels} entries (one per stage boundary), got {len(band_variances)}")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {sorted(BETA_SCHEDULES)}, got {beta_schedule!r}")
+    _, _, abar = cumulative_alphas(BETA_SCHEDULES[beta_schedule](num_steps))
+    points, previous = [], 0
+    for variance in band_variances:
+        t = next((t for t in range(1, num_steps) if band_snr(float(abar[t]), variance) < threshold), num_steps - 1)
+        t = max(t, previous + 1)
+        if t >= num_steps:
+            raise ValueError(f"threshold={threshold} leaves no room for {levels} turning points in {num_steps} steps")
+        points.append(t)
+        previous = t
+    return points
