@@ -7,11 +7,11 @@ from .ops import detail, down, lowpass, up
 from .process import (downsample_at_turning_point, kernel_coefficients, posterior_coefficients,
                       prediction_target, prediction_to_x0, q_step, step_coefficients, training_loss,
                       upsample_at_turning_point)
-from .sampler import sample, step_grid
+from .sampler import reverse_walk, sample, step_grid
 from .schedule import DVDPSchedule
 
 __all__ = [
-    "DVDPSchedule", "sample", "step_grid", "prediction_to_x0", "prediction_target", "training_loss",
+    "DVDPSchedule", "sample", "step_grid", "reverse_walk", "prediction_to_x0", "prediction_target", "training_loss",
     "kernel_coefficients", "posterior_coefficients", "step_coefficients", "q_step",
     "downsample_at_turning_point", "upsample_at_turning_point", "down", "up", "lowpass", "detail",
     "cost_fraction", "propose_turning_points", "band_snr",

@@ -87,15 +87,10 @@ def posterior_coefficients(schedule: DVDPSchedule, t: int, k: int) -> StepCoeffi
                             BandCoefficients(beta * v_s / v_t, v_s * s_t / v_t))
 
 
-# Applies one reverse step given z0 (orthonormal), noise xi, and an optional extra detail-band variance
-# (the short-ramp variance correction of dvdp-math.md s7: c_t^2 Var[Q'z0 | y_t]).
-def apply_step(c: StepCoefficients, y_t: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor,
-               extra_detail_var: torch.Tensor | None = None) -> torch.Tensor:
+# Applies one reverse step given the z0 estimate (orthonormal units) and standard normal noise xi.
+def apply_step(c: StepCoefficients, y_t: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     mean = ops.band_scale(z0, c.z0_coef.low, c.z0_coef.detail) + ops.band_scale(y_t, c.y_coef.low, c.y_coef.detail)
-    detail_var = c.variance.detail
-    if extra_detail_var is not None:
-        detail_var = detail_var + c.z0_coef.detail**2 * extra_detail_var
-    return mean + ops.band_scale(noise, c.variance.low.sqrt(), detail_var.sqrt())
+    return mean + ops.band_scale(noise, c.variance.low.sqrt(), c.variance.detail.sqrt())
 
 
 # dvdp-math.md s4: forward turning point; D y_t is exactly the coarser stage's marginal
@@ -111,7 +106,9 @@ def upsample_at_turning_point(schedule: DVDPSchedule, y_coarse: torch.Tensor, t:
 
 
 # dvdp-math.md s6: network-output conversions to the x0 estimate in PIXEL units at the stage resolution.
-# "x0" outputs are pixel-unit images; "eps" the noise; "v" = sqrt(abar) eps - sqrt(1-abar) G_t z0.
+# "x0" outputs are pixel-unit images; "eps" the noise; "v" = sqrt(abar) eps - sqrt(1-abar) z0 with the
+# UNattenuated z0, so that the detail band stays recoverable at gamma = 0 (division by a^2 gamma + sig^2,
+# never by gamma; with G_t z0 inside v the detail band would need / gamma like eps).
 def prediction_to_x0(schedule: DVDPSchedule, output: torch.Tensor, y_t: torch.Tensor, t,
                      prediction: str = "x0", gamma_min: float = 0.1) -> torch.Tensor:
     k = schedule.stage_of_batch(t)
@@ -144,8 +141,7 @@ def prediction_target(schedule: DVDPSchedule, x0_pixel: torch.Tensor, noise: tor
     if prediction == "v":
         t = batch_timesteps(t, noise.shape[0])
         a, sig = schedule.abar[t].sqrt(), (1 - schedule.abar[t]).sqrt()
-        signal = ops.band_scale(x0_stage * 2**k, torch.ones_like(a), schedule.gamma(t, k))
-        return ops.per_sample(a, noise) * noise - ops.per_sample(sig, noise) * signal
+        return ops.per_sample(a, noise) * noise - ops.per_sample(sig, noise) * x0_stage * 2**k
     raise ValueError(f"prediction must be 'x0', 'eps' or 'v', got {prediction!r}")
 
 
@@ -156,7 +152,8 @@ def training_loss(schedule: DVDPSchedule, output: torch.Tensor, x0_pixel: torch.
                   t, prediction: str = "x0", snr_gamma: float = 5.0) -> torch.Tensor:
     k = schedule.stage_of_batch(t)
     target = prediction_target(schedule, x0_pixel, noise, t, prediction)
-    err = (output.float() - target.float()).pow(2).flatten(1).mean(1)
+    dtype = torch.promote_types(output.dtype, torch.float32)  # bf16 outputs: loss in fp32
+    err = (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)
     t = batch_timesteps(t, output.shape[0])
     snr = schedule.abar[t] / (1 - schedule.abar[t])
     clipped = snr.clamp(max=snr_gamma)

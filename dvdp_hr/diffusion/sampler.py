@@ -7,21 +7,24 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import ops
+from .ops import detail
 from .process import apply_step, step_coefficients, upsample_at_turning_point
 from .schedule import DVDPSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def step_grid(schedule: DVDPSchedule, steps: int | None = None) -> list[int]:
+def step_grid(schedule: DVDPSchedule, steps: int | Sequence[int] | None = None) -> list[int]:
     """Descending times T = g_0 > ... > g_n = 0 holding every turning point; n = steps denoiser calls.
 
-    steps=None is the full grid. A strided grid gives each stage a share of the steps proportional
-    to its length (at least one), evenly spaced inside (tau_k, tau_{k+1}] with tau_{k+1} included.
+    steps=None is the full grid. An int gives each stage a share of the steps proportional to its
+    length (at least one), evenly spaced inside (tau_k, tau_{k+1}] with tau_{k+1} included. A sequence
+    is taken as the grid itself (validated), e.g. to compare two schedules on the same grid.
     """
     if steps is None:
         return list(range(schedule.num_steps, -1, -1))
+    if not isinstance(steps, int):
+        return _validated_grid(schedule, [int(t) for t in steps])
     if not schedule.num_stages <= steps <= schedule.num_steps:
         raise ValueError(f"steps must be in [{schedule.num_stages}, {schedule.num_steps}] "
                          f"(at least one per stage), got {steps}")
@@ -31,6 +34,16 @@ def step_grid(schedule: DVDPSchedule, steps: int | None = None) -> list[int]:
         points = torch.linspace(lo, hi, count + 1, dtype=torch.float64)[1:].round().long().tolist()
         grid += sorted(set(points))
     return sorted(set(grid), reverse=True)
+
+
+def _validated_grid(schedule: DVDPSchedule, grid: list[int]) -> list[int]:
+    descending = all(a > b for a, b in zip(grid[:-1], grid[1:]))
+    if not grid or grid[0] != schedule.num_steps or grid[-1] != 0 or not descending:
+        raise ValueError(f"a steps grid must descend strictly from num_steps={schedule.num_steps} to 0")
+    missing = sorted(set(schedule.turning_points) - set(grid))
+    if missing:
+        raise ValueError(f"the steps grid must contain every turning point; missing {missing}")
+    return grid
 
 
 def _steps_per_stage(schedule: DVDPSchedule, steps: int) -> list[int]:
@@ -59,57 +72,75 @@ class PerImageNoise:
                             for g in self.generators])
 
 
-BandVariance = Sequence[float] | Callable[[torch.Tensor, int, int], torch.Tensor] | None
+PosteriorNoise = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
+VarianceCorrection = Sequence[float] | PosteriorNoise | None
 
 
-# dvdp-math.md s7: estimate of Var[Q'z0 | y_t] for the short-ramp correction. Floats are each stage's
-# per-coordinate prior variance sigma_perp^2 of Q'z0 (band_stats.json), used as a Gaussian prior:
-# Var = sigma^2 v_t / (abar_t gamma_t^2 sigma^2 + v_t). A callable (y_t, t, k) -> variance is used as is.
-def detail_posterior_variance(schedule: DVDPSchedule, band_variance: BandVariance, y_t: torch.Tensor,
-                              t: int, k: int) -> torch.Tensor | None:
-    if band_variance is None or k == schedule.num_stages - 1:
-        return None
-    if callable(band_variance):
-        return torch.as_tensor(band_variance(y_t, t, k), dtype=torch.float64)
-    prior = float(band_variance[k])
-    abar, gamma = float(schedule.abar[t]), float(schedule.gammas[k][t])
-    return torch.tensor(prior * (1 - abar) / (abar * gamma**2 * prior + 1 - abar), dtype=torch.float64)
+# dvdp-math.md s7: the short-ramp variance correction. Plugging E[z0|y_t] into the posterior drops the
+# term C Var[z0|y_t] C^T; adding noise with covariance ~Var[z0|y_t] to the z0 estimate restores it (a
+# posterior sample of z0 instead of its mean). Floats are each stage's per-coordinate prior variance
+# sigma_perp^2 of Q'z0 (orthonormal units, data_tools/band_stats.py) under a white Gaussian prior:
+# Var[Q'z0_i | y_t] = sigma^2 v_t / (abar_t gamma_t^2 sigma^2 + v_t). A callable (xi, y_t, t, k) must
+# return noise with covariance ~Var[z0 | y_t] given standard normal xi (e.g. a learned posterior std).
+def posterior_noise_fn(schedule: DVDPSchedule, correction: VarianceCorrection) -> PosteriorNoise | None:
+    if correction is None or callable(correction):
+        return correction
+    if len(correction) != schedule.num_stages - 1:
+        raise ValueError(f"variance_correction needs one band variance per stage boundary "
+                         f"({schedule.num_stages - 1}), got {len(correction)}")
+
+    def white_band_noise(xi: torch.Tensor, y_t: torch.Tensor, t: int, k: int) -> torch.Tensor:
+        prior, abar, gamma = float(correction[k]), float(schedule.abar[t]), float(schedule.gammas[k][t])
+        return (prior * (1 - abar) / (abar * gamma**2 * prior + 1 - abar)) ** 0.5 * detail(xi)
+
+    return white_band_noise
 
 
 @torch.no_grad()
 def sample(denoiser: Denoiser, schedule: DVDPSchedule, seeds: Sequence[int], channels: int = 3,
-           method: str = "ancestral", steps: int | None = None, eta: float = 0.0, device="cpu",
-           clip: bool = True, band_variance: BandVariance = None,
+           method: str = "ancestral", steps: int | Sequence[int] | None = None, eta: float = 0.0, device="cpu",
+           clip: bool = True, variance_correction: VarianceCorrection = None,
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Generates one full-resolution image per seed (pixel units, [-1, 1] when clip).
 
     method="ancestral" is the exact posterior step (DDIM with eta = 1, also on a strided grid);
-    method="ddim" uses the given eta. band_variance switches on the short-ramp variance correction.
+    method="ddim" uses the given eta. variance_correction switches on the short-ramp correction
+    (posterior_noise_fn) in every attenuated stage.
     """
     if method not in ("ancestral", "ddim"):
         raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
     eta = 1.0 if method == "ancestral" else float(eta)
     device = torch.device(device)
     noise = PerImageNoise(seeds, device, dtype)
-    grid = step_grid(schedule, steps)
-    stage = schedule.num_stages - 1
-    size = schedule.stage_resolution(stage)
+    posterior_noise = posterior_noise_fn(schedule, variance_correction)
+    size = schedule.stage_resolution(schedule.num_stages - 1)
     y = noise((channels, size, size))
-    for t, s in zip(grid[:-1], grid[1:]):
-        k = schedule.stage_of(t)
-        while stage > k:  # reverse turning point(s) at t = tau_{stage}
-            stage -= 1
+    for t, s, k in reverse_walk(schedule, steps):
+        if s is None:
             y = upsample_at_turning_point(schedule, y, t, noise(y.shape[1:-2] + (y.shape[-2] * 2, y.shape[-1] * 2)))
-        y = _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, band_variance)
+        else:
+            y = _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, posterior_noise)
     return y
 
 
-def _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, band_variance):
+def reverse_walk(schedule: DVDPSchedule, steps: int | Sequence[int] | None = None):
+    """The reverse path as events (t, s, k): a step t -> s in stage k, or (t, None, k) for the
+    reverse turning point at t = tau_{k+1} that moves the state from stage k+1 to stage k."""
+    grid = step_grid(schedule, steps)
+    stage = schedule.num_stages - 1
+    for t, s in zip(grid[:-1], grid[1:]):
+        k = schedule.stage_of(t)
+        while stage > k:
+            stage -= 1
+            yield t, None, stage
+        yield t, s, k
+
+
+def _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, posterior_noise):
     t_batch = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
     x0 = denoiser(y, t_batch).to(y.dtype)
-    if clip:
-        x0 = x0.clamp(-1, 1)
-    coefficients = step_coefficients(schedule, t, s, k, eta)
-    extra = detail_posterior_variance(schedule, band_variance, y, t, k)
-    xi = noise(y.shape[1:]) if eta > 0 or extra is not None else torch.zeros_like(y)
-    return apply_step(coefficients, y, x0 * 2**k, xi, extra)
+    z0 = (x0.clamp(-1, 1) if clip else x0) * 2**k
+    if posterior_noise is not None and k < schedule.num_stages - 1:
+        z0 = z0 + posterior_noise(noise(y.shape[1:]), y, t, k).to(y.dtype)
+    xi = noise(y.shape[1:]) if eta > 0 else torch.zeros_like(y)
+    return apply_step(step_coefficients(schedule, t, s, k, eta), y, z0, xi)
