@@ -1,0 +1,106 @@
+"""Shard URLs, manifests, and the per-(epoch, rank, worker) sample order (webdataset readers).
+
+Split rule, per epoch e: the shard list is permuted by a generator seeded with (seed, e), the
+same on every rank. With S shards and N = world_size * workers reading slots, slot
+i = rank * workers + worker reads the shards perm[i::N] (shard-level split). When S < N, every
+slot reads all shards in perm order and keeps the samples whose running index j satisfies
+j % N == i (sample-level split: the same coverage, N times the reading). Either way each epoch
+is split into disjoint parts that together cover every sample exactly once.
+"""
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+MANIFEST = "manifest.json"
+
+
+def _manifest_path(shards: str) -> Path | None:
+    path = Path(shards).expanduser()
+    return path / MANIFEST if path.is_dir() else None
+
+
+def stage_urls(shards: str, resolution: int) -> str | list[str]:
+    """Shard URLs of one resolution: from a make_shards output folder (its manifest) or from a
+    URL/brace pattern containing "{res}" (e.g. "pipe:curl -s https://host/{res}/shard-{000000..000069}.tar")."""
+    manifest_path = _manifest_path(shards)
+    if manifest_path is None:
+        if "{res}" not in shards:
+            raise ValueError(
+                f"shards={shards!r} is neither a make_shards folder nor a pattern containing "
+                "'{res}' (e.g. 'data/{res}/shard-{000000..000069}.tar')"
+            )
+        return shards.replace("{res}", str(resolution))
+    if not manifest_path.exists():
+        raise ValueError(
+            f"{manifest_path} not found: run `dvdp-hr make-shards --out {shards}` first"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if str(resolution) not in manifest["sets"]:
+        raise ValueError(
+            f"{shards} has no {resolution}x{resolution} set (has {manifest['resolutions']}); "
+            f"remake the shards with {resolution} in --resolutions"
+        )
+    folder = manifest_path.parent / str(resolution)
+    return [str(folder / entry["name"]) for entry in manifest["sets"][str(resolution)]["shards"]]
+
+
+def manifest_digest(shards: str) -> str | None:
+    """sha256 of DIR/manifest.json; None for a URL pattern (nothing local to hash)."""
+    manifest_path = _manifest_path(shards)
+    if manifest_path is None or not manifest_path.exists():
+        return None
+    return hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+
+
+def url_list(urls: str | list[str]) -> list[str]:
+    """Expand a brace pattern ("a/shard-{000000..000009}.tar", "::" separated) or copy a list."""
+    expanded = expand_urls(urls) if isinstance(urls, str) else [str(u) for u in urls]
+    if not expanded:
+        raise ValueError(f"no shard URLs in {urls!r}")
+    return expanded
+
+
+def read_shard(url: str) -> Iterator[dict]:
+    """Samples of one tar shard, in order. A read error becomes an {"__error__": ...} item at the
+    point where it happened, so that errors keep their place in the sample order."""
+    errors: list[str] = []
+
+    def record(exn: Exception) -> bool:
+        errors.append(f"{type(exn).__name__}: {exn}")
+        return True  # continue
+
+    streams = url_opener([{"url": url}], handler=record)
+    for sample in group_by_keys(tar_file_expander(streams, handler=record), handler=record):
+        yield from ({"__error__": e, "__url__": url} for e in errors)
+        errors.clear()
+        yield sample
+    yield from ({"__error__": e, "__url__": url} for e in errors)
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(count))
+    random.Random(f"dvdp_hr.shards/{seed}/{epoch}").shuffle(
+        order
+    )  # str seeds hash with sha512: stable
+    return order
+
+
+def epoch_items(urls: list[str], seed: int, epoch: int, slot: int, slots: int) -> Iterator[dict]:
+    """The raw (undecoded) samples that reading slot `slot` of `slots` gets in `epoch`."""
+    order = epoch_permutation(len(urls), seed, epoch)
+    if len(urls) >= slots:
+        for shard in order[slot::slots]:
+            yield from read_shard(urls[shard])
+        return
+    running = 0
+    for shard in order:
+        for item in read_shard(urls[shard]):
+            if running % slots == slot:
+                yield item
+            running += 1
