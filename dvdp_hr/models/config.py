@@ -1,0 +1,49 @@
+"""ModelConfig: the denoiser's typed configuration, validated once with friendly errors."""
+
+from dataclasses import dataclass
+
+from .attention import BACKENDS
+from .presets import MODEL_PRESETS
+
+MODES = ("shared", "per_stage")
+PREDICTIONS = ("x0", "eps", "v")
+
+
+@dataclass
+class ModelConfig:
+    mode: str = "shared"                    # "shared": one UNet + stage embedding; "per_stage"
+    preset: str = "tiny"                    # a MODEL_PRESETS name
+    stage_presets: list[str] | None = None  # per_stage only: one preset per stage, finest first
+    prediction: str = "x0"                  # "x0" | "eps" | "v" (dvdp-math.md s6)
+    attention: str = "auto"                 # "auto" | "sdpa" | "xformers"
+    dropout: float = 0.0
+    grad_checkpointing: bool = False        # per UNet block
+    channels_last: bool = False             # measured slower for GroupNorm UNets on H100
+    compile: bool = False                   # torch.compile per block
+
+    def validate(self) -> "ModelConfig":
+        def choose(field, value, options):
+            if value not in options:
+                raise ValueError(f"model.{field}={value!r} is invalid; choose one of "
+                                 f"{sorted(options)}")
+
+        choose("mode", self.mode, MODES)
+        choose("preset", self.preset, MODEL_PRESETS)
+        choose("prediction", self.prediction, PREDICTIONS)
+        choose("attention", self.attention, BACKENDS)
+        if self.stage_presets is not None:
+            if self.mode != "per_stage":
+                raise ValueError("model.stage_presets is only used with model.mode='per_stage'; "
+                                 "remove it or set mode='per_stage'")
+            if isinstance(self.stage_presets, str) or not self.stage_presets:
+                raise ValueError("model.stage_presets must be a non-empty list of preset names, "
+                                 "one per stage, finest first")
+            for name in self.stage_presets:
+                choose("stage_presets[...]", name, MODEL_PRESETS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        for flag in ("grad_checkpointing", "channels_last", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"model.{flag} must be true or false, got "
+                                 f"{getattr(self, flag)!r}")
+        return self
