@@ -1,0 +1,80 @@
+"""The only module of dvdp_hr that imports DeepSpeed: engine setup, steps, ZeRO checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import deepspeed
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+# DeepSpeed logs every checkpoint file it writes at INFO; keep the console for our own progress.
+logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def init_distributed() -> None:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_* (gloo on CPU, nccl on GPUs)."""
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(verbose=False)
+
+
+class Engine:
+    """A thin wrapper so the training loop never touches DeepSpeed APIs directly."""
+
+    def __init__(self, model: torch.nn.Module, ds_config: dict, param_groups: list[dict] | None = None):
+        if param_groups is None:
+            param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        self.ds, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups, config=ds_config)
+        self.zero_stage = self.ds.zero_optimization_stage()
+        self.dtype = torch.bfloat16 if self.ds.bfloat16_enabled() else torch.float32
+        self.device = self.ds.device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def __call__(self, *args):
+        # bf16 weights: autocast casts fp32 intermediates (e.g. the timestep embedding) to match.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            return self.ds(*args)
+
+    def backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        """Accumulate gradients; the loop scales `loss` by 1/accum itself (stage-dependent)."""
+        self.ds.set_gradient_accumulation_boundary(boundary)
+        self.ds.backward(loss, scale_wrt_gas=False)
+
+    def step(self, group_lrs: list[float]) -> float:
+        """Optimizer step with one learning rate per parameter group (in the order given at
+        construction); returns the global grad norm (inf/nan: DeepSpeed skipped the step)."""
+        groups = self.ds.optimizer.param_groups
+        if len(groups) != len(group_lrs):
+            raise RuntimeError(f"{len(group_lrs)} learning rates for {len(groups)} parameter groups")
+        for group, lr in zip(groups, group_lrs):
+            group["lr"] = lr
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        return float("nan") if norm is None else float(norm)
+
+    @contextlib.contextmanager
+    def gathered(self, params):
+        """Full (read-only) parameter values on every rank; a no-op below ZeRO-3."""
+        if self.zero_stage == 3:
+            with deepspeed.zero.GatheredParameters(list(params), modifier_rank=None):
+                yield
+        else:
+            yield
+
+    def save(self, save_dir: str, tag: str) -> None:
+        self.ds.save_checkpoint(save_dir, tag=tag, save_latest=False)
+
+    def load(self, save_dir: str, tag: str) -> None:
+        path, _ = self.ds.load_checkpoint(save_dir, tag=tag, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False, load_module_strict=True)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(save_dir, tag)}.")
+
+
+def consolidated_state_dict(checkpoints_dir: str, tag: str) -> dict[str, torch.Tensor]:
+    """fp32 weights merged from the ZeRO shards of any stage (no huggingface_hub, no launcher)."""
+    return get_fp32_state_dict_from_zero_checkpoint(checkpoints_dir, tag=tag)

@@ -1,0 +1,159 @@
+"""Export for other tools: one safetensors file with the model and schedule config in its metadata.
+
+Weights come from a checkpoint's EMA (default) or, with raw=True, are consolidated from the ZeRO
+shards of any stage. Per-stage networks trained in separate runs are merged: the runs must share
+one schedule and model config and train disjoint stages that together cover every stage.
+Loading never unpickles: safetensors only.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+FORMAT = "dvdp_hr.export/1"
+SCHEDULE_KEYS = ("resolution", "root_resolution", "num_steps", "turning_points", "beta_schedule", "ramp")
+
+
+class ExportError(ValueError):
+    pass
+
+
+def schedule_dict(cfg_dict: dict) -> dict:
+    return {k: cfg_dict["schedule"][k] for k in SCHEDULE_KEYS}
+
+
+def build_from_dicts(model_dict: dict, sched_dict: dict, meta_device: bool = False):
+    from dvdp_hr.diffusion import DVDPSchedule
+    from dvdp_hr.models import ModelConfig, build_denoiser
+    from dvdp_hr.train.confutil import from_dict
+
+    schedule = DVDPSchedule(**sched_dict)
+    model_cfg = from_dict(ModelConfig, dict(model_dict, compile=False), "model.")
+    if meta_device:
+        with torch.device("meta"):
+            return build_denoiser(model_cfg, schedule), schedule
+    return build_denoiser(model_cfg, schedule), schedule
+
+
+def _run_weights(run_dir: str, tag: str, meta: dict, raw: bool, decay: float | None) -> tuple[dict, str]:
+    from dvdp_hr.distributed.checkpoint import checkpoints_dir
+    from dvdp_hr.train.ema import ema_filename
+
+    if raw:
+        from dvdp_hr.distributed.engine import consolidated_state_dict  # DeepSpeed only on this path
+
+        return dict(consolidated_state_dict(checkpoints_dir(run_dir), tag)), "raw"
+    decay = float(decay if decay is not None else meta["ema_decays"][0])
+    path = os.path.join(checkpoints_dir(run_dir), tag, ema_filename(decay))
+    if not os.path.isfile(path):
+        raise ExportError(f"{path} not found: this run keeps EMA decays {meta['ema_decays']}; pass one of them.")
+    return load_file(path), f"ema-{decay:g}"
+
+
+def collect_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | None = None) -> dict:
+    """Weights, configs and trained stages of one run's checkpoint (the latest by default)."""
+    from dvdp_hr.distributed.checkpoint import find_latest, read_meta
+
+    tag = tag or find_latest(run_dir)
+    if tag is None:
+        raise ExportError(f"{run_dir} has no complete checkpoint (RUN/checkpoints/latest missing).")
+    meta = read_meta(run_dir, tag)
+    state, weights = _run_weights(run_dir, tag, meta, raw, decay)
+    cfg = meta["config"]
+    return {"run_dir": os.path.abspath(run_dir), "tag": tag, "weights": weights, "state": state,
+            "model": cfg["model"], "schedule": schedule_dict(cfg), "stages": meta["trained_stages"],
+            "images": meta["counters"]["images"]}
+
+
+def _check_compatible(runs: list[dict]) -> None:
+    first = runs[0]
+    for run in runs[1:]:
+        for key in ("schedule", "model"):
+            if run[key] != first[key]:
+                raise ExportError(f"{run['run_dir']} has a different {key} config than {first['run_dir']}: "
+                                  f"{run[key]} vs {first[key]}; only runs of one model can be combined.")
+    if len(runs) > 1 and first["model"]["mode"] != "per_stage":
+        raise ExportError("Combining runs needs model.mode=per_stage (a shared network has no per-stage parts).")
+    seen: dict[int, str] = {}
+    for run in runs:
+        for k in run["stages"]:
+            if k in seen:
+                raise ExportError(f"Stage {k} was trained by both {seen[k]} and {run['run_dir']}; stages must be disjoint.")
+            seen[k] = run["run_dir"]
+    num_stages = len(first["schedule"]["turning_points"]) + 1
+    if len(runs) == 1:
+        return  # a single run may export a subset; the metadata lists the stages it trained
+    missing = sorted(set(range(num_stages)) - set(seen))
+    if missing:
+        raise ExportError(f"No run trained stage(s) {missing}; add the run that trained them with another --run-dir.")
+
+
+def _stage_prefix(model: torch.nn.Module, k: int) -> str:
+    target = model.stage_modules(k)
+    return next(name for name, m in model.named_modules() if m is target) + "."
+
+
+def merge_runs(runs: list[dict]) -> dict[str, torch.Tensor]:
+    """Take each stage's network from the run that trained it."""
+    _check_compatible(runs)
+    if len(runs) == 1:
+        return runs[0]["state"]
+    model, _ = build_from_dicts(runs[0]["model"], runs[0]["schedule"], meta_device=True)
+    merged = dict(runs[0]["state"])
+    for run in runs:
+        for k in run["stages"]:
+            prefix = _stage_prefix(model, k)
+            merged.update({n: v for n, v in run["state"].items() if n.startswith(prefix)})
+    return merged
+
+
+def export(run_dirs: list[str], out: str, tag: str | None = None, raw: bool = False,
+           decay: float | None = None) -> dict:
+    """Write `out` (safetensors) and its sidecar JSON; returns the metadata."""
+    if tag is not None and len(run_dirs) > 1:
+        raise ExportError("--checkpoint names one run's tag; with several --run-dir use each run's latest.")
+    runs = [collect_run(d, tag, raw, decay) for d in run_dirs]
+    state = {k: v.detach().float().contiguous() for k, v in merge_runs(runs).items()}
+    info = {"format": FORMAT, "model": runs[0]["model"], "schedule": runs[0]["schedule"],
+            "sources": [{k: r[k] for k in ("run_dir", "tag", "weights", "stages", "images")} for r in runs]}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_file(state, out, metadata={"format": FORMAT, "dvdp_hr": json.dumps(info)})
+    with open(os.path.splitext(out)[0] + ".json", "w") as fh:
+        json.dump(info, fh, indent=1)
+    return info
+
+
+def read_export_info(path: str) -> dict:
+    """Metadata of an export file; anything else fails with a clear error, nothing is unpickled."""
+    if not os.path.isfile(path):
+        raise ExportError(f"{path} does not exist.")
+    try:
+        with safe_open(path, framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as err:  # safetensors raises its own error types for foreign files
+        raise ExportError(f"{path} is not a dvdp_hr export (not a safetensors file: {err}). "
+                          f"Create one with `dvdp-hr export --run-dir RUN --out model.safetensors`.") from None
+    if metadata.get("format") != FORMAT or "dvdp_hr" not in metadata:
+        raise ExportError(f"{path} is a safetensors file but not a dvdp_hr export (metadata format "
+                          f"{metadata.get('format')!r}, expected {FORMAT!r}).")
+    return json.loads(metadata["dvdp_hr"])
+
+
+def load_pretrained(path: str, device: str | torch.device = "cpu"):
+    """(model, schedule) from an export file, ready for `dvdp_hr.diffusion.sample(model.predict_x0, ...)`."""
+    info = read_export_info(path)
+    model, schedule = build_from_dicts(info["model"], info["schedule"])
+    model.load_state_dict(load_file(path), strict=True)
+    return model.to(device).eval().requires_grad_(False), schedule
+
+
+def load_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | None = None):
+    """(model, schedule) straight from a run directory's checkpoint."""
+    run = collect_run(run_dir, tag, raw, decay)
+    model, schedule = build_from_dicts(run["model"], run["schedule"])
+    model.load_state_dict(run["state"], strict=True)
+    return model.eval().requires_grad_(False), schedule

@@ -1,0 +1,169 @@
+"""Typed run config: YAML preset + dotted overrides -> validated dataclasses -> DeepSpeed JSON.
+
+Per-stage lists (micro_batch, grad_accum, stage_weights) are indexed by stage k, 0 = finest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import yaml
+
+from dvdp_hr.models import ModelConfig
+from dvdp_hr.train.confutil import ConfigError, apply_override, from_dict, load_yaml, to_dict
+
+
+@dataclass
+class BandStats:
+    """Per-coordinate detail-band variances behind automatic turning points (dvdp-math.md s8)."""
+    source: str = ""
+    sigma_perp2: list = field(default_factory=list)  # one per boundary k -> k+1, orthonormal units
+    snr_threshold: float = 0.05
+
+
+@dataclass
+class ScheduleConfig:
+    resolution: int = 64
+    root_resolution: int = 16
+    num_steps: int = 1000
+    turning_points: Union[list, str] = field(default_factory=lambda: [300, 600])  # or "auto"
+    beta_schedule: str = "linear"
+    ramp: str = "cosine"
+    band_stats: Optional[BandStats] = None
+
+
+@dataclass
+class DataConfig:
+    shards: Optional[str] = None  # make_shards output dir, or URL pattern with a {res} field
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    flip: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # "adamw" (torch AdamW) or "fused_adam" (DeepSpeed's fused kernels)
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_images: int = 0
+    decay: str = "constant"  # constant | cosine | linear, over the images after warmup
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    max_images: int = 10_000
+    stages: Optional[list] = None  # subset of stages to train; None = all
+    stage_weights: Optional[list] = None  # None = proportional to each stage's timesteps
+    micro_batch: list = field(default_factory=lambda: [8, 8, 8])
+    grad_accum: list = field(default_factory=lambda: [1, 1, 1])
+    global_batch: Optional[list] = None  # optional check: micro * accum * world_size
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16
+    snr_gamma: float = 5.0
+    max_nonfinite: int = 5  # consecutive skipped steps before stopping
+
+
+@dataclass
+class EMAConfig:
+    decays: list = field(default_factory=lambda: [0.999])
+    every_steps: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    every_images: int = 5000
+    keep_last: int = 3
+
+
+@dataclass
+class LoggingConfig:
+    every_steps: int = 10
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "dvdp_hr"
+    sample_every_images: int = 0  # 0 = no periodic sample grids
+    sample_count: int = 16
+    sample_steps: int = 50
+    progress: bool = True
+
+
+@dataclass
+class PlanConfig:
+    """Figures for the dry-run cost plan; `throughput_source` labels where they come from."""
+    gpu_memory_gib: float = 80.0
+    throughput_img_s: dict = field(default_factory=dict)  # resolution -> train img/s per GPU
+    memory_gib: dict = field(default_factory=dict)  # resolution -> peak GiB at that micro-batch
+    throughput_source: str = ""
+
+
+@dataclass
+class RunConfig:
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.train.micro_batch)
+
+    def trained_stages(self) -> list[int]:
+        return sorted(self.train.stages) if self.train.stages is not None else list(range(self.num_stages))
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(path: Optional[str] = None, overrides: list[str] = (), data: Optional[dict] = None) -> RunConfig:
+    """Preset file (or dict) + `key=value` overrides -> validated RunConfig."""
+    tree = dict(data) if data is not None else (load_yaml(path) if path else {})
+    for override in overrides:
+        apply_override(tree, RunConfig, override)
+    cfg = from_dict(RunConfig, tree)
+    from dvdp_hr.train.validate import validate_config  # late import: validate builds the schedule
+
+    validate_config(cfg)
+    return cfg
+
+
+def deepspeed_config(cfg: RunConfig) -> dict:
+    """The DeepSpeed JSON for this run. Accumulation is driven by the loop per stage, so the
+    engine sees gradient_accumulation_steps = 1 and the loop marks the boundary itself."""
+    o, t = cfg.optim, cfg.train
+    ds = {
+        "train_micro_batch_size_per_gpu": int(t.micro_batch[cfg.trained_stages()[0]]),
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": float(o.grad_clip),
+        "zero_optimization": {"stage": int(t.zero_stage)},
+        "optimizer": {
+            "type": "AdamW",
+            "params": {"lr": o.lr, "betas": list(o.betas), "eps": o.eps, "weight_decay": o.weight_decay,
+                       "torch_adam": o.name == "adamw", "adam_w_mode": True},
+        },
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if t.precision == "bf16":
+        ds["bf16"] = {"enabled": True, "check_grad_overflow": True}
+    if t.zero_stage == 3:
+        # Which stage network runs changes from step to step, so ZeRO-3's traced module order is
+        # invalidated often: no prefetch (it would fetch the wrong network's parameters).
+        # Marking the stage networks as z3 leaf modules broke their backward (deepspeed 0.19.8).
+        ds["zero_optimization"].update({"stage3_prefetch_bucket_size": 0})
+    return ds
+
+
+__all__ = ["RunConfig", "ConfigError", "load_config", "deepspeed_config", "ScheduleConfig", "TrainConfig"]

@@ -1,0 +1,103 @@
+"""Generic helpers for typed configs: dataclasses <-> dicts, dotted overrides, key checks."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key and how to fix it."""
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(sorted(choices))}."
+
+
+def _dataclass_type(tp: Any) -> type | None:
+    """The dataclass inside `tp` (plain or Optional[...]), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        return inner[0] if inner else None
+    return None
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict; unknown keys raise ConfigError naming them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.') or 'config'}' must be a mapping, got {data!r}.")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"Unknown config key '{prefix}{key}'.{_suggest(key, names)}")
+        sub = _dataclass_type(hints[key])
+        if sub is not None and isinstance(value, dict):
+            value = from_dict(sub, value, f"{prefix}{key}.")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree -> plain dict (tuples become lists so YAML/JSON stay simple)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _parse_value(raw: str):
+    """YAML value; numbers like 3e-4 (strings in YAML 1.1) become floats."""
+    value = yaml.safe_load(raw) if raw.strip() else None
+    return float(value) if isinstance(value, str) and _FLOAT.match(value) else value
+
+
+def apply_override(tree: dict, cls: type, override: str) -> None:
+    """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
+    if "=" not in override:
+        raise ConfigError(f"Override '{override}' must look like key=value (e.g. train.lr=2e-4).")
+    dotted, raw = override.split("=", 1)
+    value = _parse_value(raw)
+    keys = dotted.strip().split(".")
+    node, node_cls = tree, cls
+    for depth, key in enumerate(keys):
+        names = [f.name for f in dataclasses.fields(node_cls)] if node_cls else list(node)
+        if node_cls and key not in names:
+            path = ".".join(keys[: depth + 1])
+            raise ConfigError(f"Unknown config key '{path}'.{_suggest(key, names)}")
+        if depth == len(keys) - 1:
+            node[key] = value
+            return
+        hint = typing.get_type_hints(node_cls)[key] if node_cls else None
+        node_cls = _dataclass_type(hint)
+        if node_cls is None:
+            raise ConfigError(f"'{'.'.join(keys[: depth + 1])}' is not a section; cannot set '{dotted}'.")
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Config file '{path}' not found (presets live in configs/).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping at the top level.")
+    return data

@@ -1,0 +1,261 @@
+"""The training loop, counted in images. Rerunning the same command resumes from RUN/checkpoints/latest.
+
+Exactness: the stage of step n, the timesteps, the noise and the global RNG (dropout) are pure
+functions of (seed, step, rank); data streams, weights, optimizer and EMA come from the checkpoint.
+A run killed at any point and rerun therefore repeats the uninterrupted run bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from dvdp_hr.diffusion import sample, training_loss
+from dvdp_hr.distributed import checkpoint as ckpt
+from dvdp_hr.distributed.env import all_reduce_sum, setup_env
+from dvdp_hr.distributed.signals import REQUEUE_EXIT_CODE, StopFlag
+from dvdp_hr.metrics.logging import RunLogger, image_grid
+from dvdp_hr.train.config import RunConfig, deepspeed_config
+from dvdp_hr.train.ema import EMA
+from dvdp_hr.train.lr import learning_rate
+from dvdp_hr.train.plan import stage_for_step, stage_weights, step_seed
+from dvdp_hr.train.resume import check_resumable, save_run_config
+from dvdp_hr.train.setup import build_model, build_schedule, make_streams, optimizer_groups
+from dvdp_hr.train.validate import check_shards, check_world_size
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+@dataclass
+class Counters:
+    step: int = 0
+    images: int = 0
+    nonfinite_in_a_row: int = 0
+    skipped_total: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, run_dir: str):
+        from dvdp_hr.distributed.engine import Engine, init_distributed
+
+        self.cfg, self.run_dir = cfg, run_dir
+        self.env = setup_env()
+        init_distributed()
+        self.schedule = build_schedule(cfg)
+        check_world_size(cfg, self.env.world_size)
+        check_shards(cfg, self.schedule)
+        os.makedirs(ckpt.checkpoints_dir(run_dir), exist_ok=True)
+        model = build_model(cfg, self.schedule)
+        self.ema = EMA(model, cfg.ema.decays)  # before the engine partitions the weights
+        groups, self.group_stages = optimizer_groups(model, cfg)
+        self.engine = Engine(model, deepspeed_config(cfg), groups)
+        self.streams = make_streams(cfg, self.schedule, self.env.rank, self.env.world_size)
+        self.weights = stage_weights(cfg, self.schedule)
+        self.counters, self.wandb_id = Counters(), None
+        self._resume_if_possible()
+        self.iters = {k: iter(s) for k, s in self.streams.items()}
+        self.logger = RunLogger(run_dir, self.env.rank == 0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
+                                cfg.to_dict(), self.wandb_id, resume_step=self.counters.step)
+        self.wandb_id = self.logger.wandb_id
+        self.pending: list[tuple[int, int, int, float]] = []  # (step, stage, images, local loss)
+
+    # ---- resume ----
+    def _resume_if_possible(self) -> None:
+        tag = ckpt.find_latest(self.run_dir)
+        if self.env.rank == 0:
+            save_run_config(self.run_dir, self.cfg)
+        if tag is None:
+            return
+        meta = ckpt.read_meta(self.run_dir, tag)
+        check_resumable(meta, self.cfg, self.env.world_size)
+        ckpt_dir = os.path.join(ckpt.checkpoints_dir(self.run_dir), tag)
+        self.engine.load(ckpt.checkpoints_dir(self.run_dir), tag)
+        self.ema.load(ckpt_dir)
+        state = ckpt.load_rank_state(ckpt_dir, self.env.rank)
+        ckpt.restore_rng(state["rng"])
+        for k, stream in self.streams.items():
+            stream.load_state_dict(state["data"][str(k)])
+        self.counters = Counters(**meta["counters"])
+        self.wandb_id = meta.get("wandb_id")
+
+    # ---- one optimizer step ----
+    def _micro_batch(self, k: int, generator: torch.Generator):
+        x0 = next(self.iters[k])
+        t = self.schedule.sample_timesteps(k, x0.shape[0], generator=generator)
+        res = self.schedule.stage_resolution(k)
+        noise = torch.randn(x0.shape[0], x0.shape[1], res, res, generator=generator, dtype=x0.dtype)
+        y_t = self.schedule.q_sample(x0, t, noise)
+        return x0, t, noise, y_t
+
+    def train_step(self) -> tuple[int, float, float | None]:
+        cfg, step = self.cfg, self.counters.step
+        k = stage_for_step(cfg.train.seed, step, self.weights)
+        torch.manual_seed(step_seed(cfg.train.seed, step, self.env.rank, 1))  # dropout and friends
+        generator = torch.Generator().manual_seed(step_seed(cfg.train.seed, step, self.env.rank, 2))
+        accum, device, dtype = cfg.train.grad_accum[k], self.engine.device, self.engine.dtype
+        total = 0.0
+        for micro in range(accum):
+            x0, t, noise, y_t = self._micro_batch(k, generator)
+            output = self.engine(y_t.to(device=device, dtype=dtype), t.to(device))
+            loss = training_loss(self.schedule, output.float(), x0.to(device), noise.to(device), t,
+                                 cfg.model.prediction, cfg.train.snr_gamma).mean()
+            self.engine.backward(loss / accum, boundary=micro == accum - 1)
+            total += float(loss.detach()) / accum
+        lr = learning_rate(self.counters.images, cfg.optim, cfg.train.max_images)
+        grad_norm = self.engine.step([lr if k in stages else 0.0 for stages in self.group_stages])
+        if (step + 1) % cfg.ema.every_steps == 0:
+            self.ema.update(self.engine.module, self.engine.gathered)
+        return k, total, grad_norm
+
+    # ---- bookkeeping between steps ----
+    def _agree(self, stop: StopFlag, local_nonfinite: bool) -> tuple[bool, bool]:
+        """All ranks agree on 'stop requested' and 'this step was not finite' (one all-reduce)."""
+        flags = all_reduce_sum(torch.tensor([float(stop.requested), float(local_nonfinite)], dtype=torch.float64))
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _guard(self, nonfinite: bool) -> None:
+        c = self.counters
+        if not nonfinite:
+            c.nonfinite_in_a_row = 0
+            return
+        c.nonfinite_in_a_row += 1
+        c.skipped_total += 1
+        if c.nonfinite_in_a_row > self.cfg.train.max_nonfinite:
+            raise NonFiniteError(
+                f"{c.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient (at step {c.step}, "
+                f"{c.images} images); each was skipped. Lower optim.lr, raise optim.warmup_images, or use "
+                f"train.precision=fp32; train.max_nonfinite={self.cfg.train.max_nonfinite} sets the tolerance.")
+
+    def _flush_losses(self) -> dict:
+        """Reduce the per-step losses logged since the last flush; returns per-stage means."""
+        if not self.pending:
+            return {}
+        local = torch.tensor([p[3] for p in self.pending], dtype=torch.float64)
+        mean = all_reduce_sum(local) / self.env.world_size
+        records = [{"step": s, "stage": k, "images": n, "loss": float(v)}
+                   for (s, k, n, _), v in zip(self.pending, mean.tolist())]
+        self.logger.log_losses(records)
+        self.pending = []
+        per_stage: dict[int, list[float]] = {}
+        for r in records:
+            per_stage.setdefault(r["stage"], []).append(r["loss"])
+        return {f"loss/stage{k}": sum(v) / len(v) for k, v in sorted(per_stage.items())}
+
+    def _log_stats(self, window_start: tuple[float, int], lr: float, grad_norm) -> None:
+        losses = self._flush_losses()
+        seconds = max(time.perf_counter() - window_start[0], 1e-9)
+        c = self.counters
+        self.logger.log_stats({"step": c.step, "images": c.images, "lr": lr, "grad_norm": grad_norm,
+                               "img_per_s": (c.images - window_start[1]) / seconds,
+                               "skipped_total": c.skipped_total, **losses})
+
+    def save(self) -> str:
+        self._flush_losses()
+        c, rank = self.counters, self.env.rank
+        tag = ckpt.make_tag(c.images)
+
+        def write_parts(root: str, tmp_tag: str) -> None:
+            self.engine.save(root, tmp_tag)
+            folder = os.path.join(root, tmp_tag)
+            data = {str(k): s.state_dict() for k, s in self.streams.items()}
+            ckpt.save_rank_state(folder, rank, {"rng": ckpt.capture_rng(), "data": data})
+            if rank == 0:
+                self.ema.save(folder)
+                save_run_config(folder, self.cfg)
+
+        meta = {"counters": vars(c).copy(), "world_size": self.env.world_size, "wandb_id": self.wandb_id,
+                "config": self.cfg.to_dict(), "ema_decays": self.ema.decays,
+                "trained_stages": self.cfg.trained_stages(), "provenance": self._provenance()}
+        return ckpt.save_checkpoint(self.run_dir, tag, write_parts, meta, self.cfg.checkpoint.keep_last)
+
+    def _provenance(self) -> dict:
+        from dvdp_hr.data import manifest_digest
+
+        try:
+            digest = manifest_digest(self.cfg.data.shards)
+        except (OSError, ValueError):
+            digest = None
+        return ckpt.provenance(digest)
+
+    def sample_grid(self) -> str | None:
+        cfg = self.cfg.logging
+        if self.env.rank != 0:
+            return None
+        model = self.ema.models[self.ema.decays[0]]
+        folder = os.path.join(self.run_dir, "samples")
+        os.makedirs(folder, exist_ok=True)
+        images = sample(model.predict_x0, self.schedule, list(range(cfg.sample_count)), method="ddim",
+                        steps=cfg.sample_steps)
+        path = image_grid(images, os.path.join(folder, f"{ckpt.make_tag(self.counters.images)}.png"))
+        self.logger.log_image(self.counters.step, path)
+        return path
+
+    def _write_status(self, state: str) -> None:
+        if self.env.rank == 0:
+            ckpt.write_atomic(os.path.join(self.run_dir, "status.json"),
+                              json.dumps({"state": state, **vars(self.counters)}))
+
+    # ---- the loop ----
+    def run(self) -> int:
+        cfg, c = self.cfg, self.counters
+        stop = StopFlag().install()
+        bar = tqdm(total=cfg.train.max_images, initial=c.images, unit="img", dynamic_ncols=True,
+                   disable=self.env.rank != 0 or not cfg.logging.progress)
+        window, lr, grad_norm, saved_at = (time.perf_counter(), c.images), cfg.optim.lr, None, c.images
+        start_step = c.step
+        try:
+            while c.images < cfg.train.max_images:
+                # 1. one optimizer step on one stage's micro-batches
+                k, loss, grad_norm = self.train_step()
+                images_before = c.images
+                c.images += cfg.train.micro_batch[k] * cfg.train.grad_accum[k] * self.env.world_size
+                c.step += 1
+                lr = learning_rate(images_before, cfg.optim, cfg.train.max_images)
+                self.pending.append((c.step, k, c.images, loss))
+                bar.update(c.images - images_before)
+                # 2. agree across ranks on signals and on the step's finiteness
+                bad = not torch.isfinite(torch.tensor(loss)) or (grad_norm is not None and not _finite(grad_norm))
+                stopping, nonfinite = self._agree(stop, bad)
+                self._guard(nonfinite)
+                # 3. periodic logging, samples, checkpoints
+                if c.step % cfg.logging.every_steps == 0:
+                    self._log_stats(window, lr, grad_norm)
+                    window = (time.perf_counter(), c.images)
+                if _crossed(images_before, c.images, cfg.logging.sample_every_images):
+                    self.sample_grid()
+                if _crossed(images_before, c.images, cfg.checkpoint.every_images) or stopping:
+                    self.save()
+                    saved_at = c.images
+                if stopping:
+                    self._write_status("requeue")
+                    return REQUEUE_EXIT_CODE
+            if c.step > start_step and c.step % cfg.logging.every_steps:  # the last partial window
+                self._log_stats(window, lr, grad_norm)
+            if saved_at != c.images:
+                self.save()
+            self._write_status("finished")
+            return 0
+        finally:
+            bar.close()
+            stop.uninstall()
+            self.logger.close()
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and before // every != after // every
+
+
+def train(cfg: RunConfig, run_dir: str) -> int:
+    """Train (or resume) the run in `run_dir`; returns the process exit code (0, or
+    REQUEUE_EXIT_CODE after a stop signal)."""
+    return Trainer(cfg, run_dir).run()

@@ -1,0 +1,99 @@
+"""Per-stage training plan: which stage each optimizer step trains, batch sizes, and cost estimate."""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+
+def step_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of the integers given (seed, step, rank, ...)."""
+    digest = hashlib.sha256(":".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def stage_weights(cfg, schedule) -> dict[int, float]:
+    """Sampling weight of each trained stage: configured, or its share of timesteps (dvdp-math.md s6)."""
+    raw = cfg.train.stage_weights or schedule.stage_probabilities()
+    chosen = {k: float(raw[k]) for k in cfg.trained_stages()}
+    total = sum(chosen.values())
+    return {k: w / total for k, w in chosen.items()}
+
+
+def stage_for_step(seed: int, step: int, weights: dict[int, float]) -> int:
+    """The stage trained at optimizer step `step`: identical on every rank and after resume."""
+    stages = sorted(weights)
+    return random.Random(step_seed(seed, step, 0x57A6E)).choices(stages, [weights[k] for k in stages])[0]
+
+
+@dataclass
+class StagePlan:
+    stage: int
+    resolution: int
+    t_range: tuple[int, int]
+    timestep_share: float
+    weight: float
+    micro_batch: int
+    grad_accum: int
+    global_batch: int
+    pixel_fraction: float  # (r_k / r_0)^2, dvdp-math.md s8
+
+
+def build_plan(cfg, schedule, world_size: int) -> list[StagePlan]:
+    weights = stage_weights(cfg, schedule)
+    share = schedule.stage_probabilities()
+    rows = []
+    for k in range(schedule.num_stages):
+        res = schedule.stage_resolution(k)
+        micro, accum = cfg.train.micro_batch[k], cfg.train.grad_accum[k]
+        rows.append(StagePlan(k, res, schedule.stage_bounds(k), share[k], weights.get(k, 0.0), micro, accum,
+                              micro * accum * world_size, (res / schedule.resolution) ** 2))
+    return rows
+
+
+def expected_images_per_step(plan: list[StagePlan]) -> float:
+    return sum(r.weight * r.global_batch for r in plan)
+
+
+def gpu_hours_per_million(plan: list[StagePlan], throughput: dict) -> float | None:
+    """Expected GPU-hours per 10^6 training images: images of stage k arrive in proportion to
+    weight_k * global_batch_k, each costing 1 / throughput(r_k) GPU-seconds."""
+    thr = {int(r): float(v) for r, v in throughput.items()}
+    active = [r for r in plan if r.weight > 0]
+    if not active or any(r.resolution not in thr for r in active):
+        return None
+    images = sum(r.weight * r.global_batch for r in active)
+    seconds = sum(r.weight * r.global_batch / thr[r.resolution] for r in active) / images
+    return seconds * 1e6 / 3600.0
+
+
+def format_plan(cfg, schedule, world_size: int) -> str:
+    plan = build_plan(cfg, schedule, world_size)
+    mem = {int(r): v for r, v in cfg.plan.memory_gib.items()}
+    thr = {int(r): v for r, v in cfg.plan.throughput_img_s.items()}
+    lines = [f"Per-stage plan (world_size={world_size}, T={schedule.num_steps}, "
+             f"turning points {schedule.turning_points}):",
+             f"{'stage':>5} {'res':>5} {'t range':>12} {'t share':>8} {'weight':>7} {'micro':>6} "
+             f"{'accum':>6} {'global':>7} {'px frac':>8} {'img/s/GPU':>10} {'mem GiB':>8}"]
+    for r in plan:
+        lo, hi = r.t_range
+        lines.append(f"{r.stage:>5} {r.resolution:>5} {f'({lo},{hi}]':>12} {r.timestep_share:>8.3f} "
+                     f"{r.weight:>7.3f} {r.micro_batch:>6} {r.grad_accum:>6} {r.global_batch:>7} "
+                     f"{r.pixel_fraction:>8.4f} {str(thr.get(r.resolution, '-')):>10} {str(mem.get(r.resolution, '-')):>8}")
+    images = expected_images_per_step(plan)
+    cost = sum(r.weight * r.global_batch * r.pixel_fraction for r in plan) / images
+    lines.append(f"Expected images per optimizer step: {images:.1f}; denoiser pixels per training image "
+                 f"relative to a {schedule.resolution}px model: {cost:.3f} (dvdp-math.md s8)")
+    hours = gpu_hours_per_million(plan, cfg.plan.throughput_img_s)
+    if hours is not None:
+        lines.append(f"Expected GPU-hours per million training images: {hours:.1f} "
+                     f"[throughput source: {cfg.plan.throughput_source or 'unlabelled'}]")
+    over = [r for r, gib in mem.items() if gib > cfg.plan.gpu_memory_gib]
+    if mem:
+        lines.append(f"Peak memory per micro-batch within {cfg.plan.gpu_memory_gib:g} GiB GPUs: "
+                     f"{'NO, exceeded at ' + str(over) if over else 'yes'} [source: {cfg.plan.throughput_source or 'unlabelled'}]")
+    band = cfg.schedule.band_stats
+    if band is not None and band.sigma_perp2:
+        lines.append(f"Turning points from band-SNR rule (threshold {band.snr_threshold}) with sigma_perp^2="
+                     f"{band.sigma_perp2} [source: {band.source}]")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""What a resumed run must share with the checkpoint it continues."""
+from __future__ import annotations
+
+import os
+
+from dvdp_hr.train.confutil import ConfigError
+
+# Sections that define the weights' meaning and the data order; optimisation length, logging
+# and checkpoint cadence may change between resumes.
+FROZEN_KEYS = ("schedule", "model", "train.seed", "train.stages", "train.micro_batch", "train.zero_stage",
+               "train.precision", "ema.decays")
+
+
+def _lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_resumable(meta: dict, cfg, world_size: int) -> None:
+    saved_world = meta["world_size"]
+    if saved_world != world_size:
+        raise ConfigError(
+            f"The latest checkpoint was written by {saved_world} ranks but this run has {world_size}. Per-rank "
+            f"data positions and ZeRO shards are tied to the world size: relaunch with {saved_world} processes, "
+            f"or export the weights (`dvdp-hr export`) and start a new run.")
+    current = cfg.to_dict()
+    for key in FROZEN_KEYS:
+        if _lookup(meta["config"], key) != _lookup(current, key):
+            raise ConfigError(
+                f"'{key}' differs from the checkpoint being resumed ({_lookup(meta['config'], key)!r} there, "
+                f"{_lookup(current, key)!r} now). Use the original value or a new --run-dir.")
+
+
+def save_run_config(folder: str, cfg) -> str:
+    path = os.path.join(folder, "config.yaml")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(cfg.to_yaml())
+    os.replace(tmp, path)
+    return path
