@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--root", type=int, default=32)
     p.add_argument("--turning-points", default="300,600")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="1 keeps per-pixel conv cost constant across sizes")
     args = p.parse_args()

@@ -17,6 +17,15 @@ LONG_RAMPS, MID_RAMPS, EARLY, SHORT = (300, 600), (150, 400), (40, 150), (20, 60
 REPORT: list[str] = []
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """64x64 float64 algebra: one thread is fastest and immune to a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @functools.cache
 def oracle(turning_points: tuple[int, ...]) -> GaussianOracle:
     root = 8 >> len(turning_points)
