@@ -6,15 +6,7 @@ import torch
 
 from dvdp_hr.diffusion import DVDPSchedule, prediction_target, sample
 from dvdp_hr.models import ModelConfig, build_denoiser, count_parameters
-
-
-def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Replace the zero/identity init so every path contributes to outputs and gradients."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return module
+from model_fixtures import randomise
 
 
 @pytest.fixture(scope="module")

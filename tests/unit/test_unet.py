@@ -8,19 +8,11 @@ import torch.nn.functional as F
 
 from dvdp_hr.models import MODEL_PRESETS, UNet, UNetPreset, count_parameters
 from dvdp_hr.models.layers import group_norm, group_norm_scale_shift, timestep_embedding
+from model_fixtures import randomise
 
 TINY = MODEL_PRESETS["tiny"]
 # Pinned counts; test_counts_match_diffusers_peer checks them against diffusers' UNet2DModel.
 EXPECTED_PARAMS = {"tiny": 345_587, "small": 21_056_387, "ffhq1024": 136_968_067}
-
-
-def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Replace the zero/identity init so every path contributes to outputs and gradients."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    return module
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])

@@ -1,0 +1,11 @@
+"""Helpers shared by the model tests."""
+import torch
+
+
+def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Replace the zero/identity init so every path contributes to outputs and gradients."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return module
