@@ -110,7 +110,6 @@ def test_preset_sizes():
 
 
 def test_counts_match_diffusers_peer():
-    pytest.importorskip("diffusers")
     import importlib.util
     import pathlib
     path = pathlib.Path(__file__).parents[2] / "bench" / "unet_vs_peer.py"
