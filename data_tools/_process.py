@@ -13,7 +13,7 @@ from dvdp_hr.data.images import (
     to_rgb8,
 )
 
-from ._sources import Source, read_item
+from ._sources import Source, forget_open_zips, read_item
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ _worker_state: dict = {}
 
 def init_worker(source: Source, settings: Settings) -> None:
     """Pool initializer: ship the source listing once per worker instead of once per task."""
+    forget_open_zips()
     _worker_state["source"], _worker_state["settings"] = source, settings
 
 

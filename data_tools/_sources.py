@@ -68,6 +68,11 @@ def open_source(path: str) -> Source:
 _open_zips: dict[str, zipfile.ZipFile] = {}  # one handle per process (workers open their own)
 
 
+def forget_open_zips() -> None:
+    """Drop handles inherited through fork: a shared file offset would interleave reads."""
+    _open_zips.clear()
+
+
 def read_item(source: Source, name: str) -> bytes:
     """Raw bytes of one item; OSError/KeyError when it cannot be read."""
     if source.kind == "folder":

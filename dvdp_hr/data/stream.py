@@ -153,8 +153,11 @@ class StageStream:
         )
         if self.num_workers == 0:
             return iter(dataset)
+        # An explicit generator: DataLoader would otherwise draw its base seed from the global
+        # RNG at the first next(), shifting the trainer's dropout stream after a resume.
         return iter(
-            DataLoader(dataset, batch_size=None, num_workers=self.num_workers, in_order=True)
+            DataLoader(dataset, batch_size=None, num_workers=self.num_workers, in_order=True,
+                       generator=torch.Generator().manual_seed(self.config.seed))
         )
 
     def __iter__(self):

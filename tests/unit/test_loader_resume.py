@@ -73,3 +73,13 @@ def test_state_from_other_settings_is_refused(urls):
             make(urls, **change).load_state_dict(state)
     with pytest.raises(ValueError, match="settings changed"):
         make(urls[:-1]).load_state_dict(state)
+
+
+def test_worker_stream_leaves_the_global_rng_untouched(urls):
+    """The trainer seeds dropout from the global RNG right before the first batch of a stage;
+    starting DataLoader workers must not consume from it (or a resumed run would diverge)."""
+    torch.manual_seed(5)
+    next(iter(make(urls, workers=1)))
+    after_stream = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after_stream, torch.rand(3))
