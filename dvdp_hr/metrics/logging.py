@@ -23,11 +23,19 @@ def truncate_jsonl(path: str, last_step: int) -> None:
     if not os.path.isfile(path):
         return
     with open(path) as fh:
-        kept = [line for line in fh if line.strip() and json.loads(line)["step"] <= last_step]
+        kept = [line for line in fh if _step_of(line) <= last_step]
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         fh.writelines(kept)
     os.replace(tmp, path)
+
+
+def _step_of(line: str) -> float:
+    """The record's step; a line cut short by a kill mid-write counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return float("inf")
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -43,8 +43,43 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
         sub = _dataclass_type(hints[key])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{prefix}{key}.")
+        else:
+            _check_type(f"{prefix}{key}", hints[key], value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _accepts(tp: Any, value: Any) -> bool:
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(tp))
+    if origin is not None:
+        return isinstance(value, origin)
+    if dataclasses.is_dataclass(tp):
+        return False  # a section given as something other than a mapping
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping (section)"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _check_type(key: str, tp: Any, value: Any) -> None:
+    """Values must have their field's declared type (an int is accepted where a float is)."""
+    if not _accepts(tp, value):
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}.")
 
 
 def to_dict(obj: Any) -> Any:

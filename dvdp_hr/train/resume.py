@@ -7,8 +7,9 @@ from dvdp_hr.train.confutil import ConfigError
 
 # Sections that define the weights' meaning and the data order; optimisation length, logging
 # and checkpoint cadence may change between resumes.
-FROZEN_KEYS = ("schedule", "model", "train.seed", "train.stages", "train.micro_batch", "train.zero_stage",
-               "train.precision", "ema.decays")
+FROZEN_KEYS = ("schedule", "model", "data.num_workers", "data.shuffle_buffer", "data.flip", "train.seed",
+               "train.stages", "train.stage_weights", "train.micro_batch", "train.zero_stage", "train.precision",
+               "ema.decays")
 
 
 def _lookup(tree: dict, dotted: str):

@@ -42,6 +42,33 @@ def _check_positive(cfg) -> None:
         raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {cfg.optim.min_lr_ratio}.")
 
 
+def _check_ranges(cfg) -> None:
+    checks = (
+        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, "must be >= 1"),
+        ("train.seed", cfg.train.seed >= 0, "must be >= 0"),
+        ("train.snr_gamma", cfg.train.snr_gamma > 0, "must be > 0"),
+        ("train.max_nonfinite", cfg.train.max_nonfinite >= 0, "must be >= 0"),
+        ("logging.sample_every_images", cfg.logging.sample_every_images >= 0, "must be >= 0 (0 = off)"),
+        ("logging.sample_count", cfg.logging.sample_count >= 1, "must be >= 1"),
+        ("optim.betas", len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+         "must be two numbers in [0, 1)"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.warmup_images", cfg.optim.warmup_images >= 0, "must be >= 0"),
+    )
+    for key, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{key} {rule}, got {_get(cfg, key)!r}.")
+    if len(set(cfg.ema.decays)) != len(cfg.ema.decays):
+        raise ConfigError(f"ema.decays must be distinct, got {cfg.ema.decays!r}.")
+
+
+def _check_sampling(cfg, num_stages: int) -> None:
+    if cfg.logging.sample_every_images and cfg.logging.sample_steps < num_stages:
+        raise ConfigError(f"logging.sample_steps must be >= the number of stages ({num_stages}), "
+                          f"got {cfg.logging.sample_steps}.")
+
+
 def resolve_turning_points(cfg) -> None:
     """`schedule.turning_points: auto` -> the band-SNR rule of dvdp-math.md s8."""
     s = cfg.schedule
@@ -104,9 +131,11 @@ def _check_model(cfg) -> None:
 def validate_config(cfg) -> None:
     _check_choices(cfg)
     _check_positive(cfg)
+    _check_ranges(cfg)
     resolve_turning_points(cfg)
     schedule = build_schedule(cfg)
     _check_per_stage_lists(cfg, schedule.num_stages)
+    _check_sampling(cfg, schedule.num_stages)
     _check_model(cfg)
 
 

@@ -31,6 +31,12 @@ def test_unknown_keys_are_named_with_a_suggestion(override, key):
         load_config(TINY, [override])
 
 
+def test_an_empty_section_is_named(tmp_path):
+    (tmp_path / "empty.yaml").write_text("schedule:\n  resolution: 64\nema:\n")
+    with pytest.raises(ConfigError, match="ema must be a mapping"):
+        load_config(str(tmp_path / "empty.yaml"))
+
+
 def test_unknown_key_in_a_yaml_file_is_named(tmp_path):
     (tmp_path / "bad.yaml").write_text("schedule:\n  resolution: 64\n  turnings: [1]\n")
     with pytest.raises(ConfigError, match="'schedule.turnings'.*turning_points"):
@@ -48,6 +54,15 @@ def test_unknown_key_in_a_yaml_file_is_named(tmp_path):
     ("ema.decays=[1.5]", "ema.decays"),
     ("model.mode=both", "model: model.mode='both' is invalid"),
     ("train.stage_weights=[0, 0, 0]", "train.stage_weights"),
+    ("ema.decays=0.999", "ema.decays must be list, got 0.999"),
+    ("ema.decays=[0.99, 0.99]", "ema.decays must be distinct"),
+    ("checkpoint.keep_last=1.5", "checkpoint.keep_last must be int, got 1.5"),
+    ("model.dropout=high", "model.dropout must be float, got 'high'"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("data.shuffle_buffer=0", "data.shuffle_buffer must be >= 1"),
+    ("train.seed=-3", "train.seed must be >= 0"),
+    ("optim.betas=[0.9]", "optim.betas must be two numbers"),
+    ("logging.sample_steps=2", "logging.sample_steps must be >= the number of stages"),
 ])
 def test_inconsistent_values_are_rejected_up_front(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
