@@ -1,7 +1,7 @@
 """Export for other tools: one safetensors file with the model and schedule config in its metadata.
 
-Weights come from a checkpoint's EMA (default) or, with raw=True, are consolidated from the ZeRO
-shards of any stage. Per-stage networks trained in separate runs are merged: the runs must share
+Weights come from a checkpoint's EMA (default) or, with raw=True, from the trained fp32 weights
+that every checkpoint consolidates from the ZeRO shards of any stage (raw.safetensors). Per-stage networks trained in separate runs are merged: the runs must share
 one schedule and model config and train disjoint stages that together cover every stage.
 Loading never unpickles: safetensors only.
 """
@@ -40,18 +40,19 @@ def build_from_dicts(model_dict: dict, sched_dict: dict, meta_device: bool = Fal
 
 
 def _run_weights(run_dir: str, tag: str, meta: dict, raw: bool, decay: float | None) -> tuple[dict, str]:
-    from dvdp_hr.distributed.checkpoint import checkpoints_dir
+    from dvdp_hr.distributed.checkpoint import RAW_WEIGHTS, checkpoints_dir
     from dvdp_hr.train.ema import ema_filename
 
     if raw:
-        from dvdp_hr.distributed.engine import consolidated_state_dict  # DeepSpeed only on this path
-
-        return dict(consolidated_state_dict(checkpoints_dir(run_dir), tag)), "raw"
+        path = os.path.join(checkpoints_dir(run_dir), tag, RAW_WEIGHTS)
+        if not os.path.isfile(path):
+            raise ExportError(f"{path} not found: this checkpoint holds no consolidated raw weights.")
+        return load_file(path), "raw"
     decay = float(decay if decay is not None else meta["ema_decays"][0])
     path = os.path.join(checkpoints_dir(run_dir), tag, ema_filename(decay))
     if not os.path.isfile(path):
         raise ExportError(f"{path} not found: this run keeps EMA decays {meta['ema_decays']}; pass one of them.")
-    return load_file(path), f"ema-{decay:g}"
+    return load_file(path), f"ema-{decay!r}"
 
 
 def collect_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | None = None) -> dict:

@@ -1,7 +1,8 @@
 """Checkpoint directories: atomic publication, `latest` discovery, per-rank state, provenance.
 
 Layout: RUN/checkpoints/<tag>/ holds the DeepSpeed shards, meta.json (counters, config,
-provenance), ema-<decay>.safetensors, and rank-<r>.pt (RNG and data position of rank r).
+provenance), ema-<decay>.safetensors, raw.safetensors (the trained weights, consolidated fp32),
+and rank-<r>.pt (RNG and data position of rank r).
 A checkpoint is written as RUN/checkpoints/.tmp-<tag>/, renamed once every rank finished, and
 only then named by RUN/checkpoints/latest (replaced with os.replace, so it is never half written).
 """
@@ -22,6 +23,7 @@ from dvdp_hr.distributed.env import barrier, current
 LATEST = "latest"
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
+RAW_WEIGHTS = "raw.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -144,6 +146,12 @@ def rank_state_path(ckpt_dir: str, rank: int) -> str:
 
 def save_rank_state(ckpt_dir: str, rank: int, state: dict) -> None:
     torch.save(state, rank_state_path(ckpt_dir, rank))
+
+
+def save_raw_weights(ckpt_dir: str, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(ckpt_dir, RAW_WEIGHTS))
 
 
 def load_rank_state(ckpt_dir: str, rank: int) -> dict:

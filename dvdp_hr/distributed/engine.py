@@ -4,10 +4,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from typing import Iterator
 
 import deepspeed
 import torch
-from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+from deepspeed.utils import safe_get_full_fp32_param
 
 # DeepSpeed logs every checkpoint file it writes at INFO; keep the console for our own progress.
 logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -65,6 +66,35 @@ class Engine:
         else:
             yield
 
+    def master_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full fp32 master value) of every trained parameter, on this rank's device, one
+        parameter at a time (memory bound: the largest parameter). In a bf16 run these are the
+        optimizer's fp32 weights, not the module's bf16 rounding. Collective under ZeRO (an
+        all-reduce or all-gather per parameter): every rank must consume it to the end."""
+        for name, param in self.ds.module.named_parameters():
+            if not param.requires_grad:
+                continue  # frozen: not in the optimizer, never updated
+            value = safe_get_full_fp32_param(param)
+            if value is None:
+                raise RuntimeError(f"DeepSpeed holds no fp32 master copy of trained parameter {name!r} "
+                                   f"(ZeRO stage {self.zero_stage}); is it in an optimizer parameter group?")
+            yield name, value
+
+    def full_state_dict(self, keep: bool) -> dict[str, torch.Tensor] | None:
+        """The whole model as fp32 CPU tensors: trained parameters from the fp32 masters, frozen
+        ones and buffers as held. Collective under ZeRO; only ranks with keep=True build the dict."""
+        state = {}
+        for name, value in self.master_parameters():
+            if keep:
+                state[name] = value.detach().to("cpu", torch.float32).clone()
+        frozen = [(n, p) for n, p in self.ds.module.named_parameters() if not p.requires_grad]
+        with self.gathered([p for _, p in frozen]):
+            if keep:
+                state.update({n: p.detach().to("cpu", torch.float32).clone() for n, p in frozen})
+        if keep:
+            state.update({n: b.detach().to("cpu").clone() for n, b in self.ds.module.named_buffers()})
+        return state if keep else None
+
     def save(self, save_dir: str, tag: str) -> None:
         self.ds.save_checkpoint(save_dir, tag=tag, save_latest=False)
 
@@ -73,8 +103,3 @@ class Engine:
                                           load_lr_scheduler_states=False, load_module_strict=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(save_dir, tag)}.")
-
-
-def consolidated_state_dict(checkpoints_dir: str, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 weights merged from the ZeRO shards of any stage (no huggingface_hub, no launcher)."""
-    return get_fp32_state_dict_from_zero_checkpoint(checkpoints_dir, tag=tag)

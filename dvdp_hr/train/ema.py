@@ -1,71 +1,73 @@
 """Exponential moving averages of the weights, one full fp32 copy per decay on every rank.
 
-Under ZeRO-3 the live parameters are partitioned; `update` reads them inside the engine's
-`gathered` context, a bounded chunk at a time, so every rank sees (and averages) full values.
-All ranks therefore hold identical EMA weights and rank 0 alone writes them.
+The copies live on the training device (no per-step GPU->CPU traffic). `update` averages the
+optimizer's fp32 master weights (not the bf16 module weights of a bf16 run), which the engine
+assembles one parameter at a time on every rank, so all ranks hold identical EMA weights and
+rank 0 alone writes them (fp32, CPU tensors, safetensors).
 """
 from __future__ import annotations
 
 import copy
 import os
+from typing import Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-CHUNK_ELEMENTS = 50_000_000  # parameters gathered at once under ZeRO-3
-
 
 def ema_filename(decay: float) -> str:
-    return f"ema-{decay:g}.safetensors"
+    """repr is exact and round-trips: 0.9999999 and 0.99999995 get different files."""
+    return f"ema-{float(decay)!r}.safetensors"
 
 
-def _numel(p: torch.Tensor) -> int:
-    return int(getattr(p, "ds_numel", p.numel()))
-
-
-def _chunks(named_params):
-    chunk, size = [], 0
-    for item in named_params:
-        chunk.append(item)
-        size += _numel(item[1])
-        if size >= CHUNK_ELEMENTS:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
+def _distinct_decays(decays) -> list[float]:
+    values = [float(d) for d in decays]
+    if not values:
+        raise ValueError("ema.decays is empty: give at least one decay, e.g. ema.decays=[0.9999].")
+    duplicates = sorted({d for d in values if values.count(d) > 1})
+    if duplicates:
+        raise ValueError(f"ema.decays has duplicates {duplicates} (from {list(decays)!r}); each EMA needs "
+                         f"its own decay, remove the repeated entries.")
+    return values
 
 
 class EMA:
-    def __init__(self, model: torch.nn.Module, decays):
+    def __init__(self, model: torch.nn.Module, decays, device: torch.device | str = "cpu"):
         """`model` must hold full weights (call before the engine partitions it)."""
-        self.decays = [float(d) for d in decays]
+        self.decays = _distinct_decays(decays)
         self.models = {d: copy.deepcopy(model).float().eval().requires_grad_(False) for d in self.decays}
+        self.to(device)
+
+    def to(self, device: torch.device | str) -> "EMA":
+        self.device = torch.device(device)
+        for m in self.models.values():
+            m.to(self.device)
+        return self
 
     @torch.no_grad()
-    def update(self, live: torch.nn.Module, gathered) -> None:
-        """ema = decay * ema + (1 - decay) * live, for every decay; `gathered(params)` is the
-        engine's context that materialises partitioned parameters."""
+    def update(self, master_params: Iterable[tuple[str, torch.Tensor]], buffers: Iterable[torch.Tensor]) -> None:
+        """ema = decay * ema + (1 - decay) * master, for every decay. `master_params` yields
+        (name, full fp32 value) of each trained parameter (frozen ones never move, so their EMA
+        stays their initial value); under ZeRO it is collective and must be consumed to the end."""
         targets = {d: dict(m.named_parameters()) for d, m in self.models.items()}
-        for chunk in _chunks(list(live.named_parameters())):
-            with gathered([p for _, p in chunk]):
-                for name, param in chunk:
-                    value = param.detach().float().cpu() if param.device.type != "cpu" else param.detach().float()
-                    for d, params in targets.items():
-                        target = params[name]
-                        target.lerp_(value.to(target.device), 1.0 - d)
+        for name, value in master_params:
+            value = value.to(self.device, torch.float32)
+            for d, params in targets.items():
+                params[name].lerp_(value, 1.0 - d)
+        buffers = list(buffers)
         for m in self.models.values():
-            for buf, live_buf in zip(m.buffers(), live.buffers()):
+            for buf, live_buf in zip(m.buffers(), buffers):
                 buf.copy_(live_buf)
 
     def save(self, ckpt_dir: str) -> None:
         for d, m in self.models.items():
-            state = {k: v.detach().contiguous() for k, v in m.state_dict().items()}
+            state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in m.state_dict().items()}
             save_file(state, os.path.join(ckpt_dir, ema_filename(d)))
 
     def load(self, ckpt_dir: str) -> None:
         for d, m in self.models.items():
             path = os.path.join(ckpt_dir, ema_filename(d))
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} missing: the checkpoint has no EMA for decay {d:g} "
+                raise FileNotFoundError(f"{path} missing: the checkpoint has no EMA for decay {d!r} "
                                         f"(ema.decays must match the run being resumed).")
-            m.load_state_dict(load_file(path), strict=True)
+            m.load_state_dict(load_file(path, device=str(self.device)), strict=True)

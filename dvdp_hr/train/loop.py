@@ -7,6 +7,7 @@ A run killed at any point and rerun therefore repeats the uninterrupted run bit 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from dvdp_hr.train.plan import stage_for_step, stage_weights, step_seed
 from dvdp_hr.train.resume import check_resumable, save_run_config
 from dvdp_hr.train.setup import build_model, build_schedule, make_streams, optimizer_groups
 from dvdp_hr.train.validate import check_shards, check_world_size
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteError(RuntimeError):
@@ -55,6 +58,7 @@ class Trainer:
         self.ema = EMA(model, cfg.ema.decays)  # before the engine partitions the weights
         groups, self.group_stages = optimizer_groups(model, cfg)
         self.engine = Engine(model, deepspeed_config(cfg), groups)
+        self.ema.to(self.engine.device)
         self.streams = make_streams(cfg, self.schedule, self.env.rank, self.env.world_size)
         self.weights = stage_weights(cfg, self.schedule)
         self.counters, self.wandb_id = Counters(), None
@@ -68,12 +72,13 @@ class Trainer:
     # ---- resume ----
     def _resume_if_possible(self) -> None:
         tag = ckpt.find_latest(self.run_dir)
+        meta = ckpt.read_meta(self.run_dir, tag) if tag is not None else None
+        if meta is not None:  # before writing config.yaml: a rejected config must not replace the run's
+            check_resumable(meta, self.cfg, self.env.world_size)
         if self.env.rank == 0:
             save_run_config(self.run_dir, self.cfg)
-        if tag is None:
+        if meta is None:
             return
-        meta = ckpt.read_meta(self.run_dir, tag)
-        check_resumable(meta, self.cfg, self.env.world_size)
         ckpt_dir = os.path.join(ckpt.checkpoints_dir(self.run_dir), tag)
         self.engine.load(ckpt.checkpoints_dir(self.run_dir), tag)
         self.ema.load(ckpt_dir)
@@ -110,7 +115,7 @@ class Trainer:
         lr = learning_rate(self.counters.images, cfg.optim, cfg.train.max_images)
         grad_norm = self.engine.step([lr if k in stages else 0.0 for stages in self.group_stages])
         if (step + 1) % cfg.ema.every_steps == 0:
-            self.ema.update(self.engine.module, self.engine.gathered)
+            self.ema.update(self.engine.master_parameters(), self.engine.module.buffers())
         return k, total, grad_norm
 
     # ---- bookkeeping between steps ----
@@ -159,6 +164,7 @@ class Trainer:
         self._flush_losses()
         c, rank = self.counters, self.env.rank
         tag = ckpt.make_tag(c.images)
+        raw = self.engine.full_state_dict(keep=rank == 0)  # collective: every rank takes part
 
         def write_parts(root: str, tmp_tag: str) -> None:
             self.engine.save(root, tmp_tag)
@@ -167,6 +173,7 @@ class Trainer:
             ckpt.save_rank_state(folder, rank, {"rng": ckpt.capture_rng(), "data": data})
             if rank == 0:
                 self.ema.save(folder)
+                ckpt.save_raw_weights(folder, raw)  # `export --raw` reads this, never DeepSpeed's pickles
                 save_run_config(folder, self.cfg)
 
         meta = {"counters": vars(c).copy(), "world_size": self.env.world_size, "wandb_id": self.wandb_id,
@@ -184,14 +191,24 @@ class Trainer:
         return ckpt.provenance(digest)
 
     def sample_grid(self) -> str | None:
-        cfg = self.cfg.logging
+        """Rank 0 draws a grid with the first EMA model. Non-essential: a failure is logged and the
+        run goes on (raising here would leave the other ranks waiting in the next collective)."""
         if self.env.rank != 0:
             return None
+        try:
+            return self._draw_grid()
+        except Exception:  # noqa: BLE001 - any sampling failure must not end the training run
+            log.exception("sample grid at step %d (%d images) failed; training continues",
+                          self.counters.step, self.counters.images)
+            return None
+
+    def _draw_grid(self) -> str:
+        cfg = self.cfg.logging
         model = self.ema.models[self.ema.decays[0]]
         folder = os.path.join(self.run_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         images = sample(model.predict_x0, self.schedule, list(range(cfg.sample_count)), method="ddim",
-                        steps=cfg.sample_steps)
+                        steps=cfg.sample_steps, device=self.engine.device)
         path = image_grid(images, os.path.join(folder, f"{ckpt.make_tag(self.counters.images)}.png"))
         self.logger.log_image(self.counters.step, path)
         return path
@@ -223,15 +240,15 @@ class Trainer:
                 bad = not torch.isfinite(torch.tensor(loss)) or (grad_norm is not None and not _finite(grad_norm))
                 stopping, nonfinite = self._agree(stop, bad)
                 self._guard(nonfinite)
-                # 3. periodic logging, samples, checkpoints
+                # 3. periodic logging, checkpoints, then samples (a sampling crash must not cost the checkpoint)
                 if c.step % cfg.logging.every_steps == 0:
                     self._log_stats(window, lr, grad_norm)
                     window = (time.perf_counter(), c.images)
-                if _crossed(images_before, c.images, cfg.logging.sample_every_images):
-                    self.sample_grid()
                 if _crossed(images_before, c.images, cfg.checkpoint.every_images) or stopping:
                     self.save()
                     saved_at = c.images
+                if _crossed(images_before, c.images, cfg.logging.sample_every_images) and not stopping:
+                    self.sample_grid()
                 if stopping:
                     self._write_status("requeue")
                     return REQUEUE_EXIT_CODE

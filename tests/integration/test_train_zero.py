@@ -113,3 +113,20 @@ def test_per_stage_step_moves_only_the_drawn_stage(zero_stage, tiny_shards, tmp_
                                      "model.mode=per_stage", f"train.zero_stage={zero_stage}",
                                      "optim.weight_decay=0.01", *COMMON]))
     assert "stage isolation ok" in proc.stdout
+
+
+@pytest.mark.slow
+def test_export_needs_no_deepspeed_pickles(runs, tmp_path):
+    """EMA and raw exports read only safetensors and JSON: DeepSpeed's (pickled) shards may go."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs("zero1-per_stage"), run_dir)
+    tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    for path in (run_dir / "checkpoints" / tag).rglob("*"):
+        if path.is_file() and path.suffix in (".pt", ".pth", ".bin"):
+            path.unlink()
+    for raw in (False, True):
+        out = tmp_path / f"export-{raw}.safetensors"
+        assert cli(["export", "--run-dir", str(run_dir), "--out", str(out), *(["--raw"] if raw else [])]) == 0
+        assert load_pretrained(str(out))[0] is not None
