@@ -145,17 +145,20 @@ def prediction_target(schedule: DVDPSchedule, x0_pixel: torch.Tensor, noise: tor
     raise ValueError(f"prediction must be 'x0', 'eps' or 'v', got {prediction!r}")
 
 
-# dvdp-math.md s6: min-SNR weighted loss per sample, SNR_t = abar_t / (1 - abar_t) in ORTHONORMAL units.
-# Each parameterisation's error is rescaled to the x0 error in orthonormal units, then weighted by
-# min(SNR, snr_gamma) (eps: / SNR, v: / (SNR + 1), the standard min-SNR equivalences).
+# dvdp-math.md s6: min-SNR weighted loss per sample, defined on the x0 estimate in ORTHONORMAL units:
+# w_t * mean ||2^k (x0_hat - x0)||^2 with w_t = min(SNR_t, snr_gamma), SNR_t = abar_t / (1 - abar_t).
+# eps and v outputs are first converted per band (prediction_to_x0), so the attenuated detail band is
+# weighted by its true x0 error (in the low band this equals the usual min-SNR eps/v weightings).
 def training_loss(schedule: DVDPSchedule, output: torch.Tensor, x0_pixel: torch.Tensor, noise: torch.Tensor,
-                  t, prediction: str = "x0", snr_gamma: float = 5.0) -> torch.Tensor:
+                  t, prediction: str = "x0", snr_gamma: float = 5.0, y_t: torch.Tensor | None = None,
+                  gamma_min: float = 0.1) -> torch.Tensor:
     k = schedule.stage_of_batch(t)
-    target = prediction_target(schedule, x0_pixel, noise, t, prediction)
     dtype = torch.promote_types(output.dtype, torch.float32)  # bf16 outputs: loss in fp32
-    err = (output.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)
+    x0_stage = schedule.stage_image(x0_pixel, k).to(dtype)
+    if prediction != "x0" and y_t is None:
+        y_t = schedule.q_sample(x0_stage, t, noise.to(dtype))
+    x0_hat = prediction_to_x0(schedule, output.to(dtype), y_t, t, prediction, gamma_min)
+    err = (x0_hat - x0_stage).pow(2).flatten(1).mean(1) * 4.0**k
     t = batch_timesteps(t, output.shape[0])
-    snr = schedule.abar[t] / (1 - schedule.abar[t])
-    clipped = snr.clamp(max=snr_gamma)
-    weight = {"x0": clipped * 4.0**k, "eps": clipped / snr, "v": clipped / (snr + 1)}[prediction]
+    weight = (schedule.abar[t] / (1 - schedule.abar[t])).clamp(max=snr_gamma)
     return err * weight.to(err.device, err.dtype)

@@ -101,7 +101,7 @@ def sample(denoiser: Denoiser, schedule: DVDPSchedule, seeds: Sequence[int], cha
            method: str = "ancestral", steps: int | Sequence[int] | None = None, eta: float = 0.0, device="cpu",
            clip: bool = True, variance_correction: VarianceCorrection = None,
            dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Generates one full-resolution image per seed (pixel units, [-1, 1] when clip).
+    """Generates one full-resolution image per seed (pixel units, clamped to [-1, 1] when clip).
 
     method="ancestral" is the exact posterior step (DDIM with eta = 1, also on a strided grid);
     method="ddim" uses the given eta. variance_correction switches on the short-ramp correction
@@ -109,6 +109,10 @@ def sample(denoiser: Denoiser, schedule: DVDPSchedule, seeds: Sequence[int], cha
     """
     if method not in ("ancestral", "ddim"):
         raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
+    if dtype not in (torch.float32, torch.float64):
+        # per-step coefficients such as 0.9997 round to 1 in bf16: the state must stay fp32
+        raise ValueError(f"dtype must be torch.float32 or torch.float64 (the sampling state), got {dtype}; "
+                         f"run a bf16 denoiser under torch.autocast inside the denoiser instead")
     eta = 1.0 if method == "ancestral" else float(eta)
     device = torch.device(device)
     noise = PerImageNoise(seeds, device, dtype)
@@ -120,7 +124,7 @@ def sample(denoiser: Denoiser, schedule: DVDPSchedule, seeds: Sequence[int], cha
             y = upsample_at_turning_point(schedule, y, t, noise(y.shape[1:-2] + (y.shape[-2] * 2, y.shape[-1] * 2)))
         else:
             y = _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, posterior_noise)
-    return y
+    return y.clamp(-1, 1) if clip else y  # the correction's noise can leave [-1, 1] at the last step
 
 
 def reverse_walk(schedule: DVDPSchedule, steps: int | Sequence[int] | None = None):

@@ -153,8 +153,9 @@ class DVDPSchedule:
     # dvdp-math.md s6: y_t / sqrt(1 + (4^k - 1) abar_t) is a standard VP-DDPM state
     def input_scale(self, t) -> torch.Tensor:
         k = self.stage_of_batch(t)
+        device = t.device if isinstance(t, torch.Tensor) else None
         t = torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()
-        return (1 + (4.0**k - 1) * self.abar[t]).rsqrt().float()
+        return (1 + (4.0**k - 1) * self.abar[t]).rsqrt().float().to(device)
 
     # ---- serialisation (export metadata, checkpoints) ----
     def to_dict(self) -> dict:

@@ -109,7 +109,7 @@ class Trainer:
             x0, t, noise, y_t = self._micro_batch(k, generator)
             output = self.engine(y_t.to(device=device, dtype=dtype), t.to(device))
             loss = training_loss(self.schedule, output.float(), x0.to(device), noise.to(device), t,
-                                 cfg.model.prediction, cfg.train.snr_gamma).mean()
+                                 cfg.model.prediction, cfg.train.snr_gamma, y_t=y_t.to(device)).mean()
             self.engine.backward(loss / accum, boundary=micro == accum - 1)
             total += float(loss.detach()) / accum
         lr = learning_rate(self.counters.images, cfg.optim, cfg.train.max_images)

@@ -64,17 +64,23 @@ def test_posterior_equals_bayes_rule_and_the_eta_one_step():
                 assert torch.allclose(getattr(getattr(ddim, field), band), getattr(getattr(post, field), band))
 
 
-def test_posterior_step_keeps_the_marginal_monte_carlo():
+def test_posterior_steps_keep_the_marginal_monte_carlo():
+    """Ancestral steps with the true z0 walk the exact marginals: 100 steps through stage 1's ramp
+    (gamma 0.5 -> 0.9) must land on q(y_400), far from where they started (q(y_500))."""
     gen = torch.Generator().manual_seed(1)
     z0 = (torch.rand(1, 1, 8, 8, generator=gen, dtype=torch.float64) * 2 - 1) * 2
-    n, t = 40000, 450
+    n, start, end = 20000, 500, 400
     from dvdp_hr.diffusion.process import apply_step
-    y_t = SCHEDULE.q_sample(z0.expand(n, -1, -1, -1) / 2, t, torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64))
-    y_s = apply_step(posterior_coefficients(SCHEDULE, t, 1), y_t, z0.expand(n, -1, -1, -1),
-                     torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64))
-    direct = SCHEDULE.q_sample(z0.expand(n, -1, -1, -1) / 2, t - 1, torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64))
-    for got, want in zip(band_moments(y_s), band_moments(direct)):
+    batch = z0.expand(n, -1, -1, -1)
+    y = SCHEDULE.q_sample(batch / 2, start, torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64))
+    initial = band_moments(y)
+    for t in range(start, end, -1):
+        y = apply_step(posterior_coefficients(SCHEDULE, t, 1), y, batch,
+                       torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64))
+    direct = SCHEDULE.q_sample(batch / 2, end, torch.randn(n, 1, 8, 8, generator=gen, dtype=torch.float64))
+    for got, want, before in zip(band_moments(y), band_moments(direct), initial):
         assert torch.allclose(got, want, atol=0.03)
+    assert not torch.allclose(initial[1], band_moments(direct)[1], atol=0.1)  # the walk had to move
 
 
 def test_turning_points_both_ways_monte_carlo():
@@ -109,7 +115,34 @@ def test_prediction_conversions_round_trip(prediction):
         target = prediction_target(SCHEDULE, x0, noise, tt, prediction)
         x0_hat = prediction_to_x0(SCHEDULE, target, y, tt, prediction, gamma_min=0.01)
         assert torch.allclose(x0_hat, SCHEDULE.stage_image(x0, k), atol=1e-9)
-        assert float(training_loss(SCHEDULE, target, x0, noise, tt, prediction).abs().max()) == 0.0
+        loss = training_loss(SCHEDULE, target, x0, noise, tt, prediction, gamma_min=0.01)
+        assert float(loss.abs().max()) < 1e-20
+
+
+@pytest.mark.parametrize("t", [150, 300, 450, 600, 900])  # 300, 600: turning points (gamma = 0)
+def test_equal_x0_errors_give_equal_losses_in_every_parameterisation(t):
+    """The loss is the min-SNR x0 loss in orthonormal units whatever the network predicts."""
+    gen = torch.Generator().manual_seed(4)
+    k, tt = SCHEDULE.stage_of(t), torch.full((3,), t)
+    x0 = torch.rand(3, 1, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    noise = torch.randn(3, 1, 16 >> k, 16 >> k, generator=gen, dtype=torch.float64)
+    y = SCHEDULE.q_sample(x0, tt, noise)
+    x0_hat = SCHEDULE.stage_image(x0, k) + 0.05 * torch.randn(noise.shape, generator=gen, dtype=torch.float64)
+    a, sig = SCHEDULE.abar[t].sqrt(), (1 - SCHEDULE.abar[t]).sqrt()
+    gain = ops_band(SCHEDULE.gamma(tt, k))
+    eps = (y - a * gain(x0_hat * 2**k)) / sig  # the eps output whose x0 estimate is x0_hat
+    outputs = {"x0": x0_hat, "v": a * eps - sig * x0_hat * 2**k}
+    if float(SCHEDULE.gamma(t, k)) > 0.1:
+        outputs["eps"] = eps
+    losses = {p: training_loss(SCHEDULE, out, x0, noise, tt, p) for p, out in outputs.items()}
+    for p, loss in losses.items():
+        assert torch.allclose(prediction_to_x0(SCHEDULE, outputs[p], y, tt, p), x0_hat)
+        assert torch.allclose(loss, losses["x0"]) and float(loss.min()) > 0, p
+
+
+def ops_band(gamma):
+    from dvdp_hr.diffusion.ops import band_scale
+    return lambda z: band_scale(z, torch.ones_like(gamma), gamma)
 
 
 def test_min_snr_weighting_in_orthonormal_units():

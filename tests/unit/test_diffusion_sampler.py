@@ -61,3 +61,17 @@ def test_bad_arguments():
         sample(lambda y, t: y, SCHEDULE, [0], steps=[1000, 500, 0])
     with pytest.raises(ValueError, match="variance_correction"):
         sample(lambda y, t: y, SCHEDULE, [0], variance_correction=[0.1])
+
+
+def test_clip_holds_with_the_variance_correction():
+    near_edge = lambda y, t: torch.full_like(y, 0.99)
+    out = sample(near_edge, SCHEDULE, [0, 1], method="ddim", steps=20, variance_correction=[0.05, 0.2])
+    assert float(out.abs().max()) <= 1.0
+    unclipped = sample(near_edge, SCHEDULE, [0, 1], method="ddim", steps=20, variance_correction=[0.05, 0.2],
+                       clip=False)
+    assert float(unclipped.abs().max()) > 1.0  # the correction's noise does reach past the edge
+
+
+def test_low_precision_sampling_state_is_rejected():
+    with pytest.raises(ValueError, match="autocast"):
+        sample(lambda y, t: y, SCHEDULE, [0], dtype=torch.bfloat16)
