@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from dvdp_hr.distributed.checkpoint import CheckpointError
 from dvdp_hr.export import ExportError
 from dvdp_hr.train.confutil import ConfigError
 
@@ -80,12 +81,6 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def cmd_make_shards(args) -> int:
-    from data_tools.make_shards import main as make_shards_main
-
-    return make_shards_main(args.rest)
-
-
 def cmd_demo(args) -> int:
     from dvdp_hr.train.demo import run_demo
 
@@ -113,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, help="which EMA (default: the first in ema.decays)")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("sample", help="PNG grid from an export file or a run directory")
+    p = sub.add_parser("sample", help="PNG grid from an export file or a run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="model.safetensors or RUN dir")
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=16)
@@ -122,9 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=("ddim", "ancestral"), default="ddim")
     p.add_argument("--checkpoint", help="tag, when --model is a run dir")
     p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("make-shards", help="data_tools/make_shards.py (same arguments)", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_make_shards)
+    sub.add_parser("make-shards", help="data_tools/make_shards.py (same arguments; see make-shards --help)")
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: images -> shards -> train -> samples")
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--max-images", type=int, default=6000)
@@ -133,10 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["make-shards"]:  # every flag (--help too) belongs to make_shards itself
+        from data_tools.make_shards import main as make_shards_main
+
+        return make_shards_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ExportError) as err:
+    except (ConfigError, ExportError, CheckpointError) as err:
         print(f"dvdp-hr {args.command}: error: {err}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
 

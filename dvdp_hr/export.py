@@ -130,6 +130,9 @@ def export(run_dirs: list[str], out: str, tag: str | None = None, raw: bool = Fa
 
 def read_export_info(path: str) -> dict:
     """Metadata of an export file; anything else fails with a clear error, nothing is unpickled."""
+    if os.path.isdir(path):
+        raise ExportError(f"{path} is a folder (a run directory?), not an export file: run `dvdp-hr export "
+                          f"--run-dir {path} --out model.safetensors` first, or use dvdp_hr.export.load_run.")
     if not os.path.isfile(path):
         raise ExportError(f"{path} does not exist.")
     try:

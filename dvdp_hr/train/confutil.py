@@ -15,9 +15,11 @@ class ConfigError(ValueError):
     """A config problem; the message names the key and how to fix it."""
 
 
-def _suggest(key: str, choices: list[str]) -> str:
+def _suggest(key: str, choices: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, choices, n=1)
-    return f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(sorted(choices))}."
+    if close:
+        return f" Did you mean '{prefix}{close[0]}'?"
+    return f" Valid keys: {', '.join(prefix + c for c in sorted(choices))}."
 
 
 def _dataclass_type(tp: Any) -> type | None:
@@ -39,7 +41,7 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"Unknown config key '{prefix}{key}'.{_suggest(key, names)}")
+            raise ConfigError(f"Unknown config key '{prefix}{key}'.{_suggest(key, names, prefix)}")
         sub = _dataclass_type(hints[key])
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{prefix}{key}.")
@@ -105,7 +107,7 @@ def _parse_value(raw: str):
 def apply_override(tree: dict, cls: type, override: str) -> None:
     """Apply one `a.b.c=value` override (value parsed as YAML) to a nested dict in place."""
     if "=" not in override:
-        raise ConfigError(f"Override '{override}' must look like key=value (e.g. train.lr=2e-4).")
+        raise ConfigError(f"Override '{override}' must look like key=value (e.g. optim.lr=2e-4).")
     dotted, raw = override.split("=", 1)
     value = _parse_value(raw)
     keys = dotted.strip().split(".")
@@ -113,8 +115,8 @@ def apply_override(tree: dict, cls: type, override: str) -> None:
     for depth, key in enumerate(keys):
         names = [f.name for f in dataclasses.fields(node_cls)] if node_cls else list(node)
         if node_cls and key not in names:
-            path = ".".join(keys[: depth + 1])
-            raise ConfigError(f"Unknown config key '{path}'.{_suggest(key, names)}")
+            path, parent = ".".join(keys[: depth + 1]), "".join(k + "." for k in keys[:depth])
+            raise ConfigError(f"Unknown config key '{path}'.{_suggest(key, names, parent)}")
         if depth == len(keys) - 1:
             node[key] = value
             return
