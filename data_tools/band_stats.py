@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             f"var_orthonormal {band['var_orthonormal']:.4g}"
         )
     print(f"band_stats: {result['num_images']} images -> {root / 'band_stats.json'}")
+    variances = ",".join(f"{band['var_orthonormal']:.4g}" for band in result["bands"])
+    print("for the turning-point rule (finest band first), add to the config or the command line:\n"
+          f"  schedule.turning_points=auto schedule.band_stats.sigma_perp2=[{variances}] "
+          f"schedule.band_stats.source={root / 'band_stats.json'}")
     return 0
 
 
