@@ -25,6 +25,24 @@ def _manifest_path(shards: str) -> Path | None:
     return path / MANIFEST if path.is_dir() else None
 
 
+def _load_manifest(shards: str) -> dict:
+    manifest_path = _manifest_path(shards)
+    if not manifest_path.exists():
+        raise ValueError(
+            f"{manifest_path} not found: run `dvdp-hr make-shards --out {shards}` first"
+        )
+    return json.loads(manifest_path.read_text())
+
+
+def _set_entries(shards: str, manifest: dict, resolution: int) -> list[dict]:
+    if str(resolution) not in manifest["sets"]:
+        raise ValueError(
+            f"{shards} has no {resolution}x{resolution} set (has {manifest['resolutions']}); "
+            f"remake the shards with {resolution} in --resolutions"
+        )
+    return manifest["sets"][str(resolution)]["shards"]
+
+
 def stage_urls(shards: str, resolution: int) -> str | list[str]:
     """Shard URLs of one resolution: from a make_shards output folder (its manifest) or from a
     URL/brace pattern containing "{res}" (e.g. "pipe:curl -s https://host/{res}/shard-{000000..000069}.tar")."""
@@ -36,18 +54,27 @@ def stage_urls(shards: str, resolution: int) -> str | list[str]:
                 "'{res}' (e.g. 'data/{res}/shard-{000000..000069}.tar')"
             )
         return shards.replace("{res}", str(resolution))
-    if not manifest_path.exists():
-        raise ValueError(
-            f"{manifest_path} not found: run `dvdp-hr make-shards --out {shards}` first"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if str(resolution) not in manifest["sets"]:
-        raise ValueError(
-            f"{shards} has no {resolution}x{resolution} set (has {manifest['resolutions']}); "
-            f"remake the shards with {resolution} in --resolutions"
-        )
+    entries = _set_entries(shards, _load_manifest(shards), resolution)
     folder = manifest_path.parent / str(resolution)
-    return [str(folder / entry["name"]) for entry in manifest["sets"][str(resolution)]["shards"]]
+    return [str(folder / entry["name"]) for entry in entries]
+
+
+def damaged_shards(shards: str, resolution: int) -> list[str]:
+    """Cheap integrity check of one set of a make_shards folder: each shard the manifest lists
+    must exist with its recorded byte size (no hashing; inspect_shards.py does the full check).
+    Returns one line per damaged shard; [] for a URL pattern (nothing local to check)."""
+    manifest_path = _manifest_path(shards)
+    if manifest_path is None:
+        return []
+    folder = manifest_path.parent / str(resolution)
+    problems = []
+    for entry in _set_entries(shards, _load_manifest(shards), resolution):
+        path = folder / entry["name"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
+    return problems
 
 
 def manifest_digest(shards: str) -> str | None:
@@ -68,19 +95,25 @@ def url_list(urls: str | list[str]) -> list[str]:
 
 def read_shard(url: str) -> Iterator[dict]:
     """Samples of one tar shard, in order. A read error becomes an {"__error__": ...} item at the
-    point where it happened, so that errors keep their place in the sample order."""
-    errors: list[str] = []
+    point where it happened, so that errors keep their place in the sample order; a shard that
+    cannot be opened at all gives one such item with "__open_failed__": True."""
+    errors: list[dict] = []
 
-    def record(exn: Exception) -> bool:
-        errors.append(f"{type(exn).__name__}: {exn}")
-        return True  # continue
+    def recorder(opening: bool):
+        def record(exn: Exception) -> bool:
+            errors.append({"__error__": f"{type(exn).__name__}: {exn}", "__url__": url,
+                           **({"__open_failed__": True} if opening else {})})
+            return True  # continue
 
-    streams = url_opener([{"url": url}], handler=record)
+        return record
+
+    streams = url_opener([{"url": url}], handler=recorder(opening=True))
+    record = recorder(opening=False)
     for sample in group_by_keys(tar_file_expander(streams, handler=record), handler=record):
-        yield from ({"__error__": e, "__url__": url} for e in errors)
+        yield from errors
         errors.clear()
         yield sample
-    yield from ({"__error__": e, "__url__": url} for e in errors)
+    yield from errors
 
 
 def epoch_permutation(count: int, seed: int, epoch: int) -> list[int]:

@@ -73,12 +73,7 @@ def worker_batches(config: StreamConfig, worker: int, start: tuple[int, int], co
         except Exception as exn:  # a bad sample is counted and skipped, never fatal
             corrupt, consecutive = corrupt + 1, consecutive + 1
             if corrupt <= 10:
-                log.warning(
-                    "skipping corrupt sample %s in %s: %s",
-                    item.get("__key__"),
-                    item.get("__url__"),
-                    exn,
-                )
+                _warn_skipped(item, exn)
             if consecutive > MAX_CONSECUTIVE_CORRUPT:
                 raise RuntimeError(
                     f"{consecutive} corrupt samples in a row in {config.urls[0]}...: "
@@ -90,6 +85,14 @@ def worker_batches(config: StreamConfig, worker: int, start: tuple[int, int], co
         if len(images) == config.batch_size:
             yield worker, _to_tensor(images), (epoch, taken), corrupt
             images = []
+
+
+def _warn_skipped(item: dict, exn: Exception) -> None:
+    if item.get("__open_failed__"):
+        log.warning("cannot open shard %s (its samples are skipped): %s; "
+                    "check the shards with data_tools/inspect_shards.py", item.get("__url__"), exn)
+    else:
+        log.warning("skipping corrupt sample %s in %s: %s", item.get("__key__"), item.get("__url__"), exn)
 
 
 class _WorkerBatches(IterableDataset):

@@ -13,7 +13,6 @@ def run_demo(run_dir: str, max_images: int = 6000, num_images: int = 256) -> int
     from dvdp_hr.train.config import load_config
     from dvdp_hr.train.demo_data import make_image_folder
     from dvdp_hr.train.loop import train
-    from dvdp_hr.train.samples import sample_grid
 
     data = os.path.join(run_dir, "data")
     shards = os.path.join(data, "shards")
@@ -25,10 +24,11 @@ def run_demo(run_dir: str, max_images: int = 6000, num_images: int = 256) -> int
             return code
     half = max(max_images // 2, 1)
     cfg = load_config(str(TINY_CONFIG), [f"data.shards={shards}", f"train.max_images={max_images}",
-                                         f"checkpoint.every_images={half}", f"logging.sample_every_images={half}"])
-    code = train(cfg, run_dir)  # rerunning the demo resumes (or finds the run finished)
+                                         f"checkpoint.every_images={half}", f"logging.sample_every_images={half}",
+                                         "logging.sample_steps=50"])
+    code = train(cfg, run_dir)  # rerunning the demo resumes (or finds the run finished); draws final.png
     if code:
         return code
-    grid = sample_grid(run_dir, os.path.join(run_dir, "samples", "final.png"), count=16, steps=50)
+    grid = os.path.join(run_dir, "samples", "final.png")
     print(f"demo finished: samples in {grid}; stats in {os.path.join(run_dir, 'stats.jsonl')}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from dvdp_hr.distributed.env import all_reduce_sum, setup_env
 from dvdp_hr.distributed.signals import REQUEUE_EXIT_CODE, StopFlag
 from dvdp_hr.metrics.logging import RunLogger, image_grid
 from dvdp_hr.train.config import RunConfig, deepspeed_config
+from dvdp_hr.train.confutil import ConfigError
 from dvdp_hr.train.ema import EMA
 from dvdp_hr.train.lr import learning_rate
 from dvdp_hr.train.plan import stage_for_step, stage_weights, step_seed
@@ -62,32 +64,68 @@ class Trainer:
         self.streams = make_streams(cfg, self.schedule, self.env.rank, self.env.world_size)
         self.weights = stage_weights(cfg, self.schedule)
         self.counters, self.wandb_id = Counters(), None
+        # per-stage [sum, count] of the reduced losses since the last stats line (kept in checkpoints)
+        self.loss_window: dict[int, list] = {}
+        self.finished_already = False
         self._resume_if_possible()
         self.iters = {k: iter(s) for k, s in self.streams.items()}
-        self.logger = RunLogger(run_dir, self.env.rank == 0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
-                                cfg.to_dict(), self.wandb_id, resume_step=self.counters.step)
-        self.wandb_id = self.logger.wandb_id
+        self.logger = None
+        if not self.finished_already:  # a finished run gets nothing new written (not even wandb files)
+            self.logger = RunLogger(run_dir, self.env.rank == 0, cfg.logging.wandb_mode, cfg.logging.wandb_project,
+                                    cfg.to_dict(), self.wandb_id, resume_step=self.counters.step)
+            self.wandb_id = self.logger.wandb_id
         self.pending: list[tuple[int, int, int, float]] = []  # (step, stage, images, local loss)
+
+    def _say(self, message: str) -> None:
+        if self.env.rank == 0:
+            print(message, flush=True)
 
     # ---- resume ----
     def _resume_if_possible(self) -> None:
+        """Resume from the latest checkpoint, if any. RUN/config.yaml is written only once the
+        whole resume succeeded: a rejected attempt leaves the run's files as they were."""
         tag = ckpt.find_latest(self.run_dir)
         meta = ckpt.read_meta(self.run_dir, tag) if tag is not None else None
-        if meta is not None:  # before writing config.yaml: a rejected config must not replace the run's
+        if meta is not None:
             check_resumable(meta, self.cfg, self.env.world_size)
+            images, limit = meta["counters"]["images"], self.cfg.train.max_images
+            if images >= limit:
+                self.counters, self.finished_already = Counters(**meta["counters"]), True
+                self._say(f"already at {images} images >= train.max_images={limit}; nothing to train")
+                return
+            self._load_checkpoint(tag, meta)
         if self.env.rank == 0:
             save_run_config(self.run_dir, self.cfg)
-        if meta is None:
-            return
+
+    def _load_checkpoint(self, tag: str, meta: dict) -> None:
         ckpt_dir = os.path.join(ckpt.checkpoints_dir(self.run_dir), tag)
+        state = ckpt.load_rank_state(ckpt_dir, self.env.rank)
+        self._load_streams(state["data"], tag, meta)  # first: the cheapest check that can still fail
         self.engine.load(ckpt.checkpoints_dir(self.run_dir), tag)
         self.ema.load(ckpt_dir)
-        state = ckpt.load_rank_state(ckpt_dir, self.env.rank)
         ckpt.restore_rng(state["rng"])
-        for k, stream in self.streams.items():
-            stream.load_state_dict(state["data"][str(k)])
         self.counters = Counters(**meta["counters"])
         self.wandb_id = meta.get("wandb_id")
+        self.loss_window = {int(k): list(v) for k, v in meta.get("loss_window", {}).items()}
+        c = self.counters
+        self._say(f"resuming from checkpoint {tag}: {c.images} images, step {c.step}")
+        before = meta["config"]["train"]["max_images"]
+        if before != self.cfg.train.max_images:
+            self._say(f"warning: train.max_images changed from {before} (checkpoint) to {self.cfg.train.max_images}: "
+                      f"the learning-rate schedule follows images / train.max_images, so its decay "
+                      f"(optim.decay={self.cfg.optim.decay}) is stretched over the new total from here on.")
+
+    def _load_streams(self, data_state: dict, tag: str, meta: dict) -> None:
+        original = meta["config"]["data"]["shards"]
+        for k, stream in self.streams.items():
+            try:
+                stream.load_state_dict(data_state[str(k)])
+            except ValueError as err:
+                raise ConfigError(
+                    f"data.shards: the stage-{k} data stream of checkpoint {tag} cannot continue on "
+                    f"data.shards={self.cfg.data.shards} ({err}). The checkpoint was trained on "
+                    f"data.shards={original}: resume with --shards {original}, or start a new --run-dir."
+                ) from None
 
     # ---- one optimizer step ----
     def _micro_batch(self, k: int, generator: torch.Generator):
@@ -137,23 +175,26 @@ class Trainer:
                 f"{c.images} images); each was skipped. Lower optim.lr, raise optim.warmup_images, or use "
                 f"train.precision=fp32; train.max_nonfinite={self.cfg.train.max_nonfinite} sets the tolerance.")
 
-    def _flush_losses(self) -> dict:
-        """Reduce the per-step losses logged since the last flush; returns per-stage means."""
+    def _flush_losses(self) -> None:
+        """Reduce the per-step losses logged since the last flush, write them to loss.jsonl and add
+        them to the per-stage window of the next stats line."""
         if not self.pending:
-            return {}
+            return
         local = torch.tensor([p[3] for p in self.pending], dtype=torch.float64)
         mean = all_reduce_sum(local) / self.env.world_size
         records = [{"step": s, "stage": k, "images": n, "loss": float(v)}
                    for (s, k, n, _), v in zip(self.pending, mean.tolist())]
         self.logger.log_losses(records)
         self.pending = []
-        per_stage: dict[int, list[float]] = {}
         for r in records:
-            per_stage.setdefault(r["stage"], []).append(r["loss"])
-        return {f"loss/stage{k}": sum(v) / len(v) for k, v in sorted(per_stage.items())}
+            total = self.loss_window.setdefault(r["stage"], [0.0, 0])
+            total[0] += r["loss"]
+            total[1] += 1
 
     def _log_stats(self, window_start: tuple[float, int], lr: float, grad_norm) -> None:
-        losses = self._flush_losses()
+        self._flush_losses()
+        losses = {f"loss/stage{k}": total / count for k, (total, count) in sorted(self.loss_window.items())}
+        self.loss_window = {}
         seconds = max(time.perf_counter() - window_start[0], 1e-9)
         c = self.counters
         self.logger.log_stats({"step": c.step, "images": c.images, "lr": lr, "grad_norm": grad_norm,
@@ -177,6 +218,7 @@ class Trainer:
                 save_run_config(folder, self.cfg)
 
         meta = {"counters": vars(c).copy(), "world_size": self.env.world_size, "wandb_id": self.wandb_id,
+                "loss_window": {str(k): v for k, v in self.loss_window.items()},
                 "config": self.cfg.to_dict(), "ema_decays": self.ema.decays,
                 "trained_stages": self.cfg.trained_stages(), "provenance": self._provenance()}
         return ckpt.save_checkpoint(self.run_dir, tag, write_parts, meta, self.cfg.checkpoint.keep_last)
@@ -190,26 +232,35 @@ class Trainer:
             digest = None
         return ckpt.provenance(digest)
 
-    def sample_grid(self) -> str | None:
-        """Rank 0 draws a grid with the first EMA model. Non-essential: a failure is logged and the
-        run goes on (raising here would leave the other ranks waiting in the next collective)."""
-        if self.env.rank != 0:
+    def sample_grid(self, final: bool = False) -> str | None:
+        """Rank 0 draws a grid with the first EMA model (samples/<tag>.png, or samples/final.png).
+        Non-essential: a failure is logged and the run goes on (raising here would leave the other
+        ranks waiting in the next collective)."""
+        if self.env.rank != 0 or self.cfg.logging.sample_count == 0:
             return None
         try:
-            return self._draw_grid()
+            return self._final_grid() if final else self._draw_grid(ckpt.make_tag(self.counters.images))
         except Exception:  # noqa: BLE001 - any sampling failure must not end the training run
             log.exception("sample grid at step %d (%d images) failed; training continues",
                           self.counters.step, self.counters.images)
             return None
 
-    def _draw_grid(self) -> str:
+    def _final_grid(self) -> str:
+        """samples/final.png: a copy of the grid already drawn at the final image count, else a new one."""
+        folder = os.path.join(self.run_dir, "samples")
+        drawn = os.path.join(folder, f"{ckpt.make_tag(self.counters.images)}.png")
+        if os.path.isfile(drawn):
+            return shutil.copyfile(drawn, os.path.join(folder, "final.png"))
+        return self._draw_grid("final")
+
+    def _draw_grid(self, name: str) -> str:
         cfg = self.cfg.logging
         model = self.ema.models[self.ema.decays[0]]
         folder = os.path.join(self.run_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         images = sample(model.predict_x0, self.schedule, list(range(cfg.sample_count)), method="ddim",
                         steps=cfg.sample_steps, device=self.engine.device)
-        path = image_grid(images, os.path.join(folder, f"{ckpt.make_tag(self.counters.images)}.png"))
+        path = image_grid(images, os.path.join(folder, f"{name}.png"))
         self.logger.log_image(self.counters.step, path)
         return path
 
@@ -220,48 +271,55 @@ class Trainer:
 
     # ---- the loop ----
     def run(self) -> int:
-        cfg, c = self.cfg, self.counters
-        stop = StopFlag().install()
-        bar = tqdm(total=cfg.train.max_images, initial=c.images, unit="img", dynamic_ncols=True,
-                   disable=self.env.rank != 0 or not cfg.logging.progress)
-        window, lr, grad_norm, saved_at = (time.perf_counter(), c.images), cfg.optim.lr, None, c.images
-        start_step = c.step
-        try:
-            while c.images < cfg.train.max_images:
-                # 1. one optimizer step on one stage's micro-batches
-                k, loss, grad_norm = self.train_step()
-                images_before = c.images
-                c.images += cfg.train.micro_batch[k] * cfg.train.grad_accum[k] * self.env.world_size
-                c.step += 1
-                lr = learning_rate(images_before, cfg.optim, cfg.train.max_images)
-                self.pending.append((c.step, k, c.images, loss))
-                bar.update(c.images - images_before)
-                # 2. agree across ranks on signals and on the step's finiteness
-                bad = not torch.isfinite(torch.tensor(loss)) or (grad_norm is not None and not _finite(grad_norm))
-                stopping, nonfinite = self._agree(stop, bad)
-                self._guard(nonfinite)
-                # 3. periodic logging, checkpoints, then samples (a sampling crash must not cost the checkpoint)
-                if c.step % cfg.logging.every_steps == 0:
-                    self._log_stats(window, lr, grad_norm)
-                    window = (time.perf_counter(), c.images)
-                if _crossed(images_before, c.images, cfg.checkpoint.every_images) or stopping:
-                    self.save()
-                    saved_at = c.images
-                if _crossed(images_before, c.images, cfg.logging.sample_every_images) and not stopping:
-                    self.sample_grid()
-                if stopping:
-                    self._write_status("requeue")
-                    return REQUEUE_EXIT_CODE
-            if c.step > start_step and c.step % cfg.logging.every_steps:  # the last partial window
-                self._log_stats(window, lr, grad_norm)
-            if saved_at != c.images:
-                self.save()
-            self._write_status("finished")
+        if self.finished_already:
             return 0
+        stop = StopFlag().install()
+        bar = tqdm(total=self.cfg.train.max_images, initial=self.counters.images, unit="img", dynamic_ncols=True,
+                   disable=self.env.rank != 0 or not self.cfg.logging.progress)
+        try:
+            return self._loop(stop, bar)
         finally:
             bar.close()
             stop.uninstall()
             self.logger.close()
+
+    def _loop(self, stop: StopFlag, bar) -> int:
+        cfg, c = self.cfg, self.counters
+        window, lr, grad_norm, saved_at = (time.perf_counter(), c.images), cfg.optim.lr, None, c.images
+        start_step = c.step
+        while c.images < cfg.train.max_images:
+            # 1. one optimizer step on one stage's micro-batches
+            k, loss, grad_norm = self.train_step()
+            images_before = c.images
+            c.images += cfg.train.micro_batch[k] * cfg.train.grad_accum[k] * self.env.world_size
+            c.step += 1
+            lr = learning_rate(images_before, cfg.optim, cfg.train.max_images)
+            self.pending.append((c.step, k, c.images, loss))
+            bar.update(c.images - images_before)
+            # 2. agree across ranks on signals and on the step's finiteness
+            bad = not torch.isfinite(torch.tensor(loss)) or (grad_norm is not None and not _finite(grad_norm))
+            stopping, nonfinite = self._agree(stop, bad)
+            self._guard(nonfinite)
+            # 3. periodic logging, checkpoints, then samples (a sampling crash must not cost the checkpoint)
+            if c.step % cfg.logging.every_steps == 0:
+                self._log_stats(window, lr, grad_norm)
+                window = (time.perf_counter(), c.images)
+            if _crossed(images_before, c.images, cfg.checkpoint.every_images) or stopping:
+                tag = os.path.basename(self.save())
+                saved_at = c.images
+            if _crossed(images_before, c.images, cfg.logging.sample_every_images) and not stopping:
+                self.sample_grid()
+            if stopping:
+                self._write_status("requeue")
+                self._say(f"stop signal received: checkpoint {tag} saved, exiting with {REQUEUE_EXIT_CODE} (requeue)")
+                return REQUEUE_EXIT_CODE
+        if c.step > start_step and c.step % cfg.logging.every_steps:  # the last partial window
+            self._log_stats(window, lr, grad_norm)
+        if saved_at != c.images:
+            self.save()
+        self.sample_grid(final=True)
+        self._write_status("finished")
+        return 0
 
 
 def _finite(x: float) -> bool:

@@ -50,7 +50,7 @@ def _check_ranges(cfg) -> None:
         ("train.snr_gamma", cfg.train.snr_gamma > 0, "must be > 0"),
         ("train.max_nonfinite", cfg.train.max_nonfinite >= 0, "must be >= 0"),
         ("logging.sample_every_images", cfg.logging.sample_every_images >= 0, "must be >= 0 (0 = off)"),
-        ("logging.sample_count", cfg.logging.sample_count >= 1, "must be >= 1"),
+        ("logging.sample_count", cfg.logging.sample_count >= 0, "must be >= 0 (0 = no sample grids)"),
         ("optim.betas", len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
          "must be two numbers in [0, 1)"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
@@ -81,13 +81,32 @@ def resolve_turning_points(cfg) -> None:
                           "(run data_tools/band_stats.py on the shards).")
     from dvdp_hr.diffusion import propose_turning_points
 
+    _check_band_variances(s)
     try:
         points = propose_turning_points(s.resolution, s.root_resolution, list(s.band_stats.sigma_perp2),
                                         num_steps=s.num_steps, beta_schedule=s.beta_schedule,
                                         threshold=s.band_stats.snr_threshold)
     except ValueError as err:
-        raise ConfigError(f"schedule.band_stats: {err}") from None
+        message = str(err).replace("band_variances", "schedule.band_stats.sigma_perp2")
+        raise ConfigError(f"schedule.band_stats: {message}") from None
     s.turning_points = [int(t) for t in points]
+
+
+def _check_band_variances(s) -> None:
+    """One positive band variance per stage boundary, finest first (1024->512, 512->256, ...)."""
+    values = s.band_stats.sigma_perp2
+    boundaries, res = [], s.resolution
+    while res > s.root_resolution and res % 2 == 0:
+        boundaries.append(f"{res}->{res // 2}")
+        res //= 2
+    if res != s.root_resolution:
+        return  # not a power-of-2 pyramid: build_schedule names that problem
+    if not isinstance(values, list) or len(values) != len(boundaries):
+        raise ConfigError(
+            f"schedule.band_stats.sigma_perp2 needs {len(boundaries)} entries, one per stage boundary "
+            f"({', '.join(boundaries)}), got {values!r}; data_tools/band_stats.py prints them.")
+    if any(not isinstance(v, (int, float)) or not v > 0 for v in values):
+        raise ConfigError(f"schedule.band_stats.sigma_perp2 entries must be positive numbers, got {values!r}.")
 
 
 def build_schedule(cfg) -> DVDPSchedule:
@@ -153,13 +172,23 @@ def check_world_size(cfg, world_size: int) -> None:
 
 
 def check_shards(cfg, schedule) -> None:
-    """Every trained stage's resolution must exist in the shard set (URL patterns are not probed)."""
-    from dvdp_hr.data import stage_urls
+    """Every trained stage's resolution must exist in the shard set; in a make_shards folder every
+    shard must be present with its manifest size (URL patterns are not probed)."""
+    from dvdp_hr.data.shards import damaged_shards, stage_urls
 
-    if not cfg.data.shards:
+    shards = cfg.data.shards
+    if not shards:
         raise ConfigError("data.shards is not set: pass --shards DIR (a make_shards output) or a URL pattern with {res}.")
+    problems = []
     for k in cfg.trained_stages():
         try:
-            stage_urls(cfg.data.shards, schedule.stage_resolution(k))
+            stage_urls(shards, schedule.stage_resolution(k))
+            problems += damaged_shards(shards, schedule.stage_resolution(k))
         except ValueError as err:
             raise ConfigError(f"data.shards (stage {k}): {err}") from None
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ConfigError(
+            f"data.shards={shards}: {len(problems)} damaged shard(s):\n  {shown}\n"
+            f"Run `python data_tools/inspect_shards.py {shards}`, then rerun make_shards with --resume "
+            f"(same --source, --out {shards} and settings) to rewrite them.")

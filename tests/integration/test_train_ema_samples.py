@@ -1,6 +1,6 @@
 """A 2-rank bf16 ZeRO-2 run (gloo, CPU): the EMA averages DeepSpeed's fp32 master weights (not
 their bf16 rounding); a checkpoint due at the same step as a sample grid is written first; a
-failing sample grid on rank 0 is logged and the run finishes."""
+failing sample grid on rank 0 is logged and the run finishes with samples/final.png."""
 import os
 
 import pytest
@@ -40,11 +40,16 @@ def test_sampling_failure_is_logged_and_grids_follow_their_checkpoint(run):
     run_dir, proc = run
     assert "failed; training continues" in proc.stderr
     grids = [f for f in os.listdir(run_dir / "samples") if os.path.isfile(run_dir / "samples" / f)]
+    assert "final.png" in grids, grids
+    grids.remove("final.png")
     assert len(grids) == 1, grids
     tag = grids[0][:-len(".png")]
     checkpoint = ckpt.checkpoints_dir(str(run_dir))
     assert os.path.isdir(os.path.join(checkpoint, tag)), f"no checkpoint at the grid's step {tag}"
     assert os.path.getmtime(run_dir / "samples" / grids[0]) >= _newest_mtime(os.path.join(checkpoint, tag))
+    # the final grid (EMA at the end of the run) follows the final checkpoint
+    final_tag = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert os.path.getmtime(run_dir / "samples" / "final.png") >= _newest_mtime(os.path.join(checkpoint, final_tag))
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ CASES = {
     "zero3-shared-bf16": ["train.zero_stage=3", "train.precision=bf16"],
 }
 COMMON = ["train.max_images=160", "checkpoint.every_images=96", "logging.wandb_mode=disabled",
-          "logging.progress=false", "logging.every_steps=3"]
+          "logging.progress=false", "logging.every_steps=3", "logging.sample_count=0"]
 
 
 @pytest.fixture(scope="module")

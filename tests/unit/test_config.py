@@ -84,6 +84,37 @@ def test_shards_without_the_stage_resolution_are_rejected(tmp_path):
         check_shards(cfg, build_schedule(cfg))
 
 
+def test_damaged_shard_set_is_rejected_at_start_up_naming_shards_and_fix(tmp_path, tiny_shards):
+    import shutil
+
+    from dvdp_hr.train.validate import check_shards
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards, shards)
+    cfg = load_config(TINY, [f"data.shards={shards}", "train.stages=[1, 2]"])
+    check_shards(cfg, build_schedule(cfg))
+    (shards / "16" / "shard-000003.tar").unlink()
+    truncated = shards / "32" / "shard-000001.tar"
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+    (shards / "64" / "shard-000000.tar").unlink()  # stage 0 (64 px) is not trained: not checked
+    with pytest.raises(ConfigError) as err:
+        check_shards(cfg, build_schedule(cfg))
+    message = str(err.value)
+    assert "2 damaged shard(s)" in message and "16/shard-000003.tar: missing" in message
+    assert "32/shard-000001.tar: 1000 bytes" in message and "64/" not in message.split("Run")[0]
+    assert f"inspect_shards.py {shards}" in message and "--resume" in message
+
+
+@pytest.mark.parametrize("values, message", [
+    ("[0.01, 0.02]", r"sigma_perp2 needs 4 entries, one per stage boundary \(1024->512, 512->256, 256->128, 128->64\)"),
+    ("[0.01, 0.02, 0.1, -1]", "sigma_perp2 entries must be positive"),
+])
+def test_band_stats_errors_name_sigma_perp2_and_the_boundaries(values, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config("configs/ffhq1024.yaml", [f"schedule.band_stats.sigma_perp2={values}"])
+    assert "band_variances" not in str(err.value)
+
+
 def test_cli_reports_config_errors_with_exit_code_2(capsys):
     assert cli(["train", "--config", TINY, "--dry-run", "train.zero_stag=3"]) == 2
     assert "train.zero_stag" in capsys.readouterr().err
@@ -128,7 +159,7 @@ def test_ffhq1024_dry_run_shows_band_stats_turning_points_and_gpu_hours(capsys):
     assert cli(["train", "--config", "configs/ffhq1024.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "turning_points:\n  - 204" in out.replace("  turning_points:", "turning_points:").replace("\n  -", "\n  -")
-    assert "Expected GPU-hours per million training images" in out and "facts file" in out
+    assert "Expected GPU-hours per million training images" in out and "docs/gpu-facts.md" in out
     assert "sigma_perp^2=[0.0035, 0.0251, 0.192, 1.317]" in out
     cfg = load_config("configs/ffhq1024.yaml")
     assert cfg.schedule.turning_points == [204, 468, 759, 904] and build_schedule(cfg).num_stages == 5

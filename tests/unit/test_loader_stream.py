@@ -114,6 +114,31 @@ def test_a_stream_of_only_errors_stops_with_a_clear_message(tmp_path):
         next(iter(StageStream([str(junk)], 8, batch_size=1, seed=0)))
 
 
+def test_a_missing_shard_is_reported_as_unopenable_not_as_a_corrupt_sample(damaged, caplog):
+    damaged[2] = damaged[2].replace("c.tar", "gone.tar")
+    iterator = iter(StageStream(damaged, 8, batch_size=1, seed=0, shuffle_buffer=1))
+    with caplog.at_level("WARNING", logger="dvdp_hr.data.stream"):
+        for _ in range(7):
+            next(iterator)
+    unopenable = [r.getMessage() for r in caplog.records if "gone.tar" in r.getMessage()]
+    assert unopenable and all(m.startswith("cannot open shard") and "FileNotFoundError" in m for m in unopenable)
+    assert not any("corrupt sample None" in r.getMessage() for r in caplog.records)
+
+
+def test_damaged_shards_checks_presence_and_recorded_size(tmp_path_factory):
+    from dvdp_hr.data.shards import damaged_shards
+
+    root = make_shard_set(tmp_path_factory.mktemp("damaged"), count=12, size=16, resolutions="16,8", shard_size=4)
+    assert damaged_shards(str(root), 8) == [] and damaged_shards("data/{res}/s-{0..3}.tar", 8) == []
+    (root / "8" / "shard-000001.tar").unlink()
+    whole = (root / "8" / "shard-000002.tar").read_bytes()
+    (root / "8" / "shard-000002.tar").write_bytes(whole[:-512])
+    problems = damaged_shards(str(root), 8)
+    assert len(problems) == 2 and "shard-000001.tar: missing" in problems[0]
+    assert f"shard-000002.tar: {len(whole) - 512} bytes, the manifest says {len(whole)}" in problems[1]
+    assert damaged_shards(str(root), 16) == []
+
+
 def test_bad_arguments_are_named(shards):
     urls = stage_urls(str(shards), 8)
     for kwargs, message in [
