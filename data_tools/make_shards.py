@@ -140,6 +140,7 @@ class _Run:
         self.identity, self.extra = identity, extra
         self.resolutions = tuple(identity["resolutions"])
         self.writer: ShardGroupWriter | None = None
+        self.upscaled = 0  # images smaller than the full resolution (resized up), this invocation
 
     def add(self, result: Processed) -> None:
         if result.reason is not None:
@@ -152,6 +153,7 @@ class _Run:
                 self.out, self.resolutions, len(self.state.sets[self.resolutions[0]])
             )
         key = f"{result.index:08d}"
+        self.upscaled += min(result.width, result.height) < self.resolutions[0]
         self.writer.add(key, result.pngs, _metadata(result, self.source, key))
         if len(self.writer.keys) == self.identity["shard_size"]:
             self.close_group(result.index + 1)
@@ -232,6 +234,12 @@ def _finish(out: Path, job: _Run, identity: dict, extra: dict, args, seconds: fl
         f"+ rejected {len(state.rejected)} "
         f"({seconds:.1f} s) -> {out}"
     )
+    if job.upscaled:
+        print(
+            f"make_shards: warning: {job.upscaled} image(s) smaller than {identity['resolutions'][0]}px "
+            f"were upscaled (see 'conversions' in each sample's json); pass --on-mismatch reject "
+            "to refuse them, or a lower --resolutions"
+        )
     if args.strict and state.rejected:
         print(
             f"make_shards: error: --strict and {len(state.rejected)} image(s) rejected (listed in "

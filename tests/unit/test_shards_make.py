@@ -198,3 +198,13 @@ def test_missing_empty_and_wrong_sources_are_clear_errors(tmp_path, capsys):
     assert run_make_shards(tmp_path / "one", tmp_path / "o4", "8,4") == 0
     assert run_make_shards(tmp_path / "one", tmp_path / "o4", "8,4") == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_upscaled_images_are_counted_in_a_warning(tmp_path, capsys):
+    folder = tmp_path / "small"
+    folder.mkdir()
+    save_png(folder / "a.png", gradient_image(8, 8))
+    save_png(folder / "b.png", gradient_image(16, 16))
+    assert run_make_shards(folder, tmp_path / "out", "16,8", 2) == 0
+    assert "warning: 1 image(s) smaller than 16px were upscaled" in capsys.readouterr().out
+    assert samples_of(tmp_path / "out", 16)["00000000"]["json"]["conversions"] == ["resize 8x8 to 16x16 (lanczos)"]
