@@ -13,19 +13,17 @@ second moment is used (no data-set mean is subtracted).
 import torch
 import torch.nn.functional as F
 
+from dvdp_hr.diffusion.ops import detail
+from dvdp_hr.diffusion.schedule import pyramid_levels
+
 SCHEMA = "dvdp_hr.band_stats/v1"
-
-
-# dvdp-math.md s1: P = U D (block mean), Q = I - P, at the resolution of x
-def detail_band(x: torch.Tensor) -> torch.Tensor:
-    return x - F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
 
 
 class BandStats:
     """Accumulates band energies over batches of full-resolution pixel-unit images."""
 
     def __init__(self, resolution: int, min_resolution: int):
-        levels = (resolution // min_resolution).bit_length() - 1
+        levels = pyramid_levels(resolution, min_resolution)
         if min_resolution < 1 or resolution != min_resolution << levels or levels < 1:
             raise ValueError(
                 f"resolutions {resolution} -> {min_resolution}: need a power-of-two ratio >= 2"
@@ -47,7 +45,7 @@ class BandStats:
             )
         x = images.to(torch.float64)
         for k in range(self.levels):
-            self.energy[k] += detail_band(x).square().sum()
+            self.energy[k] += detail(x).square().sum()  # Q' of dvdp-math.md s1
             self.dims[k] += 0.75 * x.numel()
             x = F.avg_pool2d(x, 2)
         self.num_images += images.shape[0]

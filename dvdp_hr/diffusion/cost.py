@@ -2,7 +2,7 @@
 from typing import Sequence
 
 from .sampler import step_grid
-from .schedule import DVDPSchedule
+from .schedule import DVDPSchedule, pyramid_levels
 from .betas import BETA_SCHEDULES, cumulative_alphas
 
 
@@ -26,7 +26,7 @@ def propose_turning_points(resolution: int, root_resolution: int, band_variances
     band_variances[k]: per-coordinate variance of Q'z0 at stage k in orthonormal units (4^k times the
     pixel-unit variance, data_tools/band_stats.py), k = 0 .. K-1. Points are made strictly increasing.
     """
-    levels = (resolution // root_resolution).bit_length() - 1
+    levels = pyramid_levels(resolution, root_resolution)
     if len(band_variances) != levels:
         raise ValueError(f"band_variances needs {levels} entries (one per stage boundary), got {len(band_variances)}")
     if beta_schedule not in BETA_SCHEDULES:

@@ -44,10 +44,15 @@ def detail(x: torch.Tensor) -> torch.Tensor:
 # Applies a_P P + a_Q Q (per-sample scalars a_P, a_Q of shape [B] or floats), the form every
 # posterior and attenuation coefficient in dvdp-math.md s3/s5 takes.
 def band_scale(x: torch.Tensor, a_low, a_detail) -> torch.Tensor:
+    if _identical(a_low, a_detail):  # decided on the (CPU) coefficients: no device sync
+        return per_sample(a_low, x) * x
     a_low, a_detail = per_sample(a_low, x), per_sample(a_detail, x)
-    if torch.equal(a_low, a_detail):
-        return a_low * x
     return a_detail * x + (a_low - a_detail) * lowpass(x)
+
+
+def _identical(a, b) -> bool:
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
 
 
 # Coefficients (float64 schedule tables, per-sample [B] or scalar) cast to x's dtype/device, broadcastable.

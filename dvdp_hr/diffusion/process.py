@@ -118,18 +118,21 @@ def prediction_to_x0(schedule: DVDPSchedule, output: torch.Tensor, y_t: torch.Te
     a, sig, g = schedule.abar[t].sqrt(), (1 - schedule.abar[t]).sqrt(), schedule.gamma(t, k)
     if prediction == "eps":
         # s = G_t z0 = (y - sig eps) / a; z0 = P's + Q's / max(gamma, gamma_min)
-        signal = (y_t - ops.per_sample(sig, y_t) * output) / ops.per_sample(a, y_t)
-        z0 = ops.band_scale(signal, torch.ones_like(g), 1 / g.clamp(min=gamma_min))
+        z0 = (y_t - ops.per_sample(sig, y_t) * output) / ops.per_sample(a, y_t)
+        detail_gain = 1 / g.clamp(min=gamma_min)
     elif prediction == "v":
         # per band: P'z0 = a P'y - sig P'v ; Q'z0 = (a Q'y - sig Q'v) / (a^2 gamma + sig^2)
-        mixed = ops.band_scale(y_t, a, a) - ops.band_scale(output, sig, sig)
-        z0 = ops.band_scale(mixed, torch.ones_like(g), 1 / (a**2 * g + sig**2))
+        z0 = ops.per_sample(a, y_t) * y_t - ops.per_sample(sig, y_t) * output
+        detail_gain = 1 / (a**2 * g + sig**2)
     else:
         raise ValueError(f"prediction must be 'x0', 'eps' or 'v', got {prediction!r}")
+    if k < schedule.num_stages - 1:  # the root stage has no attenuated band (G = I)
+        z0 = ops.band_scale(z0, torch.ones_like(g), detail_gain)
     return z0 / 2**k
 
 
-# dvdp-math.md s6: training target of each parameterisation, orthonormal units except x0 (pixel units)
+# dvdp-math.md s6: what each parameterisation would output for the true x0 (orthonormal units except
+# x0, in pixel units): a reference for tests and users; training_loss itself compares x0 estimates.
 def prediction_target(schedule: DVDPSchedule, x0_pixel: torch.Tensor, noise: torch.Tensor, t,
                       prediction: str) -> torch.Tensor:
     k = schedule.stage_of_batch(t)

@@ -1,5 +1,4 @@
 """DVDPSchedule: global noise schedule, stages, turning points and attenuation (dvdp-math.md s2-s3)."""
-import math
 from typing import Sequence
 
 import torch
@@ -9,6 +8,15 @@ from . import ops
 from .betas import BETA_SCHEDULES, RAMPS, attenuation, cumulative_alphas
 
 DEFAULT_TERMINAL_ABAR_BOUND = 1e-3
+
+
+def pyramid_levels(resolution: int, root_resolution: int) -> int:
+    """K with resolution = root_resolution * 2**K (the number of stage boundaries)."""
+    ratio = resolution // max(root_resolution, 1)
+    if root_resolution < 1 or ratio * root_resolution != resolution or ratio & (ratio - 1):
+        raise ValueError(f"root_resolution must be resolution / 2**K for some K >= 0; got resolution="
+                         f"{resolution}, root_resolution={root_resolution}")
+    return ratio.bit_length() - 1
 
 
 def batch_timesteps(t, batch: int) -> torch.Tensor:
@@ -45,12 +53,7 @@ class DVDPSchedule:
             raise ValueError(f"beta_schedule must be one of {sorted(BETA_SCHEDULES)}, got {self.beta_schedule!r}")
         if self.ramp not in RAMPS:
             raise ValueError(f"ramp must be one of {list(RAMPS)}, got {self.ramp!r}")
-        ratio = self.resolution / max(self.root_resolution, 1)
-        if self.root_resolution < 1 or ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
-            raise ValueError(
-                f"root_resolution must be resolution / 2**K for some K >= 0; got resolution="
-                f"{self.resolution}, root_resolution={self.root_resolution}")
-        levels = round(math.log2(ratio))
+        levels = pyramid_levels(self.resolution, self.root_resolution)
         if len(self.turning_points) != levels:
             raise ValueError(
                 f"turning_points needs one entry per stage boundary: {self.resolution} -> "

@@ -1,7 +1,6 @@
 """Ranks from the environment (torchrun, deepspeed launcher, srun, or a bare single process)."""
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -69,24 +68,6 @@ def print0(*args, **kwargs) -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-@contextlib.contextmanager
-def rank0_first():
-    """Rank 0 runs the body first (e.g. to create or download something), then the others."""
-    if not is_rank0():
-        barrier()
-    yield
-    if is_rank0():
-        barrier()
-
-
-def all_reduce_max(value: float) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

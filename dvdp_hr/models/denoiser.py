@@ -33,7 +33,8 @@ class Denoiser(nn.Module):
 
     @staticmethod
     def _batch_t(y_t: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.long, device=y_t.device).reshape(-1)
+        """t as a CPU LongTensor [B]: stage lookups on it never wait for the GPU (pass CPU t to avoid a sync)."""
+        t = torch.as_tensor(t, dtype=torch.long).reshape(-1).cpu()
         if t.numel() == 1:
             return t.expand(len(y_t))
         if t.numel() != len(y_t):
@@ -51,6 +52,7 @@ class Denoiser(nn.Module):
         x = y_t * scale.view(-1, 1, 1, 1)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        t = t.to(y_t.device, non_blocking=True)
         stage = torch.full_like(t, k) if self.config.mode == "shared" else None
         return self.stage_modules(k)(x, t, stage)
 

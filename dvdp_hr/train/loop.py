@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from dvdp_hr.diffusion import sample, training_loss
 from dvdp_hr.distributed import checkpoint as ckpt
-from dvdp_hr.distributed.env import all_reduce_sum, setup_env
+from dvdp_hr.distributed.env import all_reduce_sum, print0, setup_env
 from dvdp_hr.distributed.signals import REQUEUE_EXIT_CODE, StopFlag
 from dvdp_hr.metrics.logging import RunLogger, image_grid
 from dvdp_hr.train.config import RunConfig, deepspeed_config
@@ -76,10 +77,6 @@ class Trainer:
             self.wandb_id = self.logger.wandb_id
         self.pending: list[tuple[int, int, int, float]] = []  # (step, stage, images, local loss)
 
-    def _say(self, message: str) -> None:
-        if self.env.rank == 0:
-            print(message, flush=True)
-
     # ---- resume ----
     def _resume_if_possible(self) -> None:
         """Resume from the latest checkpoint, if any. RUN/config.yaml is written only once the
@@ -91,7 +88,7 @@ class Trainer:
             images, limit = meta["counters"]["images"], self.cfg.train.max_images
             if images >= limit:
                 self.counters, self.finished_already = Counters(**meta["counters"]), True
-                self._say(f"already at {images} images >= train.max_images={limit}; nothing to train")
+                print0(f"already at {images} images >= train.max_images={limit}; nothing to train")
                 return
             self._load_checkpoint(tag, meta)
         if self.env.rank == 0:
@@ -108,10 +105,10 @@ class Trainer:
         self.wandb_id = meta.get("wandb_id")
         self.loss_window = {int(k): list(v) for k, v in meta.get("loss_window", {}).items()}
         c = self.counters
-        self._say(f"resuming from checkpoint {tag}: {c.images} images, step {c.step}")
+        print0(f"resuming from checkpoint {tag}: {c.images} images, step {c.step}")
         before = meta["config"]["train"]["max_images"]
         if before != self.cfg.train.max_images:
-            self._say(f"warning: train.max_images changed from {before} (checkpoint) to {self.cfg.train.max_images}: "
+            print0(f"warning: train.max_images changed from {before} (checkpoint) to {self.cfg.train.max_images}: "
                       f"the learning-rate schedule follows images / train.max_images, so its decay "
                       f"(optim.decay={self.cfg.optim.decay}) is stretched over the new total from here on.")
 
@@ -136,7 +133,8 @@ class Trainer:
         y_t = self.schedule.q_sample(x0, t, noise)
         return x0, t, noise, y_t
 
-    def train_step(self) -> tuple[int, float, float | None]:
+    def train_step(self) -> tuple[int, float, float, float]:
+        """One optimizer step; returns (stage, mean loss, grad norm, learning rate used)."""
         cfg, step = self.cfg, self.counters.step
         k = stage_for_step(cfg.train.seed, step, self.weights)
         torch.manual_seed(step_seed(cfg.train.seed, step, self.env.rank, 1))  # dropout and friends
@@ -145,8 +143,8 @@ class Trainer:
         total = 0.0
         for micro in range(accum):
             x0, t, noise, y_t = self._micro_batch(k, generator)
-            output = self.engine(y_t.to(device=device, dtype=dtype), t.to(device))
-            loss = training_loss(self.schedule, output.float(), x0.to(device), noise.to(device), t,
+            output = self.engine(y_t.to(device=device, dtype=dtype), t)  # CPU t: the model moves it, no sync
+            loss = training_loss(self.schedule, output, x0.to(device), noise.to(device), t,
                                  cfg.model.prediction, cfg.train.snr_gamma, y_t=y_t.to(device)).mean()
             self.engine.backward(loss / accum, boundary=micro == accum - 1)
             total += float(loss.detach()) / accum
@@ -154,7 +152,7 @@ class Trainer:
         grad_norm = self.engine.step([lr if k in stages else 0.0 for stages in self.group_stages])
         if (step + 1) % cfg.ema.every_steps == 0:
             self.ema.update(self.engine.master_parameters(), self.engine.module.buffers())
-        return k, total, grad_norm
+        return k, total, grad_norm, lr
 
     # ---- bookkeeping between steps ----
     def _agree(self, stop: StopFlag, local_nonfinite: bool) -> tuple[bool, bool]:
@@ -289,15 +287,14 @@ class Trainer:
         start_step = c.step
         while c.images < cfg.train.max_images:
             # 1. one optimizer step on one stage's micro-batches
-            k, loss, grad_norm = self.train_step()
+            k, loss, grad_norm, lr = self.train_step()
             images_before = c.images
             c.images += cfg.train.micro_batch[k] * cfg.train.grad_accum[k] * self.env.world_size
             c.step += 1
-            lr = learning_rate(images_before, cfg.optim, cfg.train.max_images)
             self.pending.append((c.step, k, c.images, loss))
             bar.update(c.images - images_before)
             # 2. agree across ranks on signals and on the step's finiteness
-            bad = not torch.isfinite(torch.tensor(loss)) or (grad_norm is not None and not _finite(grad_norm))
+            bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
             stopping, nonfinite = self._agree(stop, bad)
             self._guard(nonfinite)
             # 3. periodic logging, checkpoints, then samples (a sampling crash must not cost the checkpoint)
@@ -311,7 +308,7 @@ class Trainer:
                 self.sample_grid()
             if stopping:
                 self._write_status("requeue")
-                self._say(f"stop signal received: checkpoint {tag} saved, exiting with {REQUEUE_EXIT_CODE} (requeue)")
+                print0(f"stop signal received: checkpoint {tag} saved, exiting with {REQUEUE_EXIT_CODE} (requeue)")
                 return REQUEUE_EXIT_CODE
         if c.step > start_step and c.step % cfg.logging.every_steps:  # the last partial window
             self._log_stats(window, lr, grad_norm)
@@ -320,10 +317,6 @@ class Trainer:
         self.sample_grid(final=True)
         self._write_status("finished")
         return 0
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from dvdp_hr.distributed.checkpoint import write_atomic
 from dvdp_hr.train.confutil import ConfigError
 
 # Sections that define the weights' meaning and the data order; optimisation length, logging
@@ -35,8 +36,5 @@ def check_resumable(meta: dict, cfg, world_size: int) -> None:
 
 def save_run_config(folder: str, cfg) -> str:
     path = os.path.join(folder, "config.yaml")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(cfg.to_yaml())
-    os.replace(tmp, path)
+    write_atomic(path, cfg.to_yaml())
     return path

@@ -6,12 +6,6 @@ import torch
 from dvdp_hr.train.validate import build_schedule
 
 
-def stage_parameter_names(model: torch.nn.Module, stage: int) -> set[str]:
-    """Names of the parameters that belong to stage `stage`'s network (per_stage mode)."""
-    owned = {id(p) for p in model.stage_modules(stage).parameters()}
-    return {name for name, p in model.named_parameters() if id(p) in owned}
-
-
 def build_model(cfg, schedule) -> torch.nn.Module:
     """The denoiser with identical initial weights on every rank; in per_stage mode the networks
     of stages this run does not train are frozen, so they stay at their initial values."""
@@ -52,4 +46,4 @@ def make_streams(cfg, schedule, rank: int, world_size: int) -> dict:
     return streams
 
 
-__all__ = ["build_schedule", "build_model", "make_streams", "optimizer_groups", "stage_parameter_names"]
+__all__ = ["build_schedule", "build_model", "make_streams", "optimizer_groups"]

@@ -86,9 +86,8 @@ def resolve_turning_points(cfg) -> None:
         points = propose_turning_points(s.resolution, s.root_resolution, list(s.band_stats.sigma_perp2),
                                         num_steps=s.num_steps, beta_schedule=s.beta_schedule,
                                         threshold=s.band_stats.snr_threshold)
-    except ValueError as err:
-        message = str(err).replace("band_variances", "schedule.band_stats.sigma_perp2")
-        raise ConfigError(f"schedule.band_stats: {message}") from None
+    except ValueError as err:  # counts are checked above; what is left is the threshold or schedule
+        raise ConfigError(f"schedule.band_stats: {err}") from None
     s.turning_points = [int(t) for t in points]
 
 

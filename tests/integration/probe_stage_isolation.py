@@ -22,7 +22,7 @@ def main() -> int:
     drawn = set()
     for _ in range(steps):
         before = {k: snapshot(trainer, k) for k in stages}
-        k, _, _ = trainer.train_step()
+        k, _, _, _ = trainer.train_step()
         trainer.counters.step += 1
         drawn.add(k)
         for other in stages:
