@@ -17,17 +17,18 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from dvdp_hr.diffusion import sample, training_loss
+from dvdp_hr.diffusion import training_loss
 from dvdp_hr.distributed import checkpoint as ckpt
 from dvdp_hr.distributed.env import all_reduce_sum, print0, setup_env
 from dvdp_hr.distributed.signals import REQUEUE_EXIT_CODE, StopFlag
-from dvdp_hr.metrics.logging import RunLogger, image_grid
+from dvdp_hr.metrics.logging import RunLogger
 from dvdp_hr.train.config import RunConfig, deepspeed_config
 from dvdp_hr.train.confutil import ConfigError
 from dvdp_hr.train.ema import EMA
 from dvdp_hr.train.lr import learning_rate
 from dvdp_hr.train.plan import stage_for_step, stage_weights, step_seed
 from dvdp_hr.train.resume import check_resumable, save_run_config
+from dvdp_hr.train.samples import draw_grid
 from dvdp_hr.train.setup import build_model, build_schedule, make_streams, optimizer_groups
 from dvdp_hr.train.validate import check_shards, check_world_size
 
@@ -253,12 +254,9 @@ class Trainer:
 
     def _draw_grid(self, name: str) -> str:
         cfg = self.cfg.logging
-        model = self.ema.models[self.ema.decays[0]]
-        folder = os.path.join(self.run_dir, "samples")
-        os.makedirs(folder, exist_ok=True)
-        images = sample(model.predict_x0, self.schedule, list(range(cfg.sample_count)), method="ddim",
-                        steps=cfg.sample_steps, device=self.engine.device)
-        path = image_grid(images, os.path.join(folder, f"{name}.png"))
+        path = draw_grid(self.ema.models[self.ema.decays[0]], self.schedule,
+                         os.path.join(self.run_dir, "samples", f"{name}.png"), cfg.sample_count,
+                         steps=cfg.sample_steps, device=self.engine.device)
         self.logger.log_image(self.counters.step, path)
         return path
 

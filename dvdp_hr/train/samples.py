@@ -18,13 +18,18 @@ def load_model(model_path: str, checkpoint: str | None = None):
 
 
 @torch.no_grad()
-def sample_grid(model_path: str, out: str, count: int = 16, seed_start: int = 0, steps: int = 50,
-                method: str = "ddim", checkpoint: str | None = None) -> str:
-    """Image i uses seed seed_start + i, so a grid is reproducible image by image."""
-    model, schedule = load_model(model_path, checkpoint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+def draw_grid(model, schedule, out: str, count: int, seed_start: int = 0, steps: int = 50,
+              method: str = "ddim", device="cpu") -> str:
+    """PNG grid of `count` samples; image i uses seed seed_start + i (reproducible image by image)."""
     images = sample(model.predict_x0, schedule, list(range(seed_start, seed_start + count)), method=method,
                     steps=steps, device=device)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     return image_grid(images, out)
+
+
+def sample_grid(model_path: str, out: str, count: int = 16, seed_start: int = 0, steps: int = 50,
+                method: str = "ddim", checkpoint: str | None = None) -> str:
+    """Grid from an export file or a run directory (its EMA weights), on the GPU when there is one."""
+    model, schedule = load_model(model_path, checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return draw_grid(model.to(device), schedule, out, count, seed_start, steps, method, device)
