@@ -10,12 +10,16 @@ is split into disjoint parts that together cover every sample exactly once.
 
 import hashlib
 import json
+import logging
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander, url_opener
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 
@@ -93,10 +97,36 @@ def url_list(urls: str | list[str]) -> list[str]:
     return expanded
 
 
+OPEN_RETRIES = 3  # a shard that cannot be opened is retried (transient storage or network errors)
+OPEN_BACKOFF_S = 2.0  # seconds before the first retry, doubled each time
+
+
+class ShardOpenError(RuntimeError):
+    """A shard could not be opened after retries: skipping it would silently change the data order."""
+
+
 def read_shard(url: str) -> Iterator[dict]:
-    """Samples of one tar shard, in order. A read error becomes an {"__error__": ...} item at the
-    point where it happened, so that errors keep their place in the sample order; a shard that
-    cannot be opened at all gives one such item with "__open_failed__": True."""
+    """Samples of one tar shard, in order. A read error inside the shard becomes an
+    {"__error__": ...} item where it happened, so that errors keep their place in the sample order.
+    A shard that cannot be opened is retried OPEN_RETRIES times, then raises ShardOpenError."""
+    for attempt in range(OPEN_RETRIES + 1):
+        items = _read_shard_once(url)
+        first = next(items, None)
+        if first is None or not first.get("__open_failed__"):
+            if first is not None:
+                yield first
+                yield from items
+            return
+        if attempt < OPEN_RETRIES:
+            log.warning("cannot open shard %s (%s); retry %d of %d", url, first["__error__"], attempt + 1,
+                        OPEN_RETRIES)
+            time.sleep(OPEN_BACKOFF_S * 2**attempt)
+    raise ShardOpenError(
+        f"cannot open shard {url} after {OPEN_RETRIES + 1} attempts: {first['__error__']}. Check the storage "
+        "and the shard list (data_tools/inspect_shards.py for a local set); rerun the same command to resume.")
+
+
+def _read_shard_once(url: str) -> Iterator[dict]:
     errors: list[dict] = []
 
     def recorder(opening: bool):

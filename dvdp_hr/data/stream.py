@@ -88,11 +88,7 @@ def worker_batches(config: StreamConfig, worker: int, start: tuple[int, int], co
 
 
 def _warn_skipped(item: dict, exn: Exception) -> None:
-    if item.get("__open_failed__"):
-        log.warning("cannot open shard %s (its samples are skipped): %s; "
-                    "check the shards with data_tools/inspect_shards.py", item.get("__url__"), exn)
-    else:
-        log.warning("skipping corrupt sample %s in %s: %s", item.get("__key__"), item.get("__url__"), exn)
+    log.warning("skipping corrupt sample %s in %s: %s", item.get("__key__"), item.get("__url__"), exn)
 
 
 class _WorkerBatches(IterableDataset):

@@ -114,15 +114,19 @@ def test_a_stream_of_only_errors_stops_with_a_clear_message(tmp_path):
         next(iter(StageStream([str(junk)], 8, batch_size=1, seed=0)))
 
 
-def test_a_missing_shard_is_reported_as_unopenable_not_as_a_corrupt_sample(damaged, caplog):
+def test_a_shard_that_cannot_be_opened_is_retried_then_stops_the_stream(damaged, caplog, monkeypatch):
+    """Skipping an unopenable shard would silently change the data order (and break exact resume)."""
+    import dvdp_hr.data.shards as shards
+
+    monkeypatch.setattr(shards, "OPEN_BACKOFF_S", 0.0)
     damaged[2] = damaged[2].replace("c.tar", "gone.tar")
     iterator = iter(StageStream(damaged, 8, batch_size=1, seed=0, shuffle_buffer=1))
-    with caplog.at_level("WARNING", logger="dvdp_hr.data.stream"):
-        for _ in range(7):
+    with caplog.at_level("WARNING"), pytest.raises(shards.ShardOpenError, match="gone.tar.*FileNotFoundError"):
+        for _ in range(12):
             next(iterator)
-    unopenable = [r.getMessage() for r in caplog.records if "gone.tar" in r.getMessage()]
-    assert unopenable and all(m.startswith("cannot open shard") and "FileNotFoundError" in m for m in unopenable)
-    assert not any("corrupt sample None" in r.getMessage() for r in caplog.records)
+    retries = [r.getMessage() for r in caplog.records if "gone.tar" in r.getMessage()]
+    assert len(retries) == shards.OPEN_RETRIES and all("retry" in m for m in retries)
+    assert not any("corrupt sample" in m for m in retries)  # never counted as skipped samples
 
 
 def test_damaged_shards_checks_presence_and_recorded_size(tmp_path_factory):
