@@ -15,7 +15,6 @@ spread evenly over the set are read until --max-images images are used.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch  # noqa: E402
 from data_tools._manifest import write_json_atomic  # noqa: E402
 from dvdp_hr.data import BandStats, manifest_digest, stage_urls  # noqa: E402
 from dvdp_hr.data.images import decode_rgb  # noqa: E402
-from dvdp_hr.data.shards import read_shard  # noqa: E402
+from dvdp_hr.data.shards import load_manifest, read_shard  # noqa: E402
 
 BATCH = 16
 
@@ -57,7 +56,7 @@ def _pixel_batches(urls: list[str], resolution: int, max_images: int):
 
 def measure(root: Path, max_images: int) -> dict:
     """band_stats.json content for the make_shards folder `root`."""
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = load_manifest(str(root))
     full, low = manifest["full_resolution"], min(manifest["resolutions"])
     urls = stage_urls(str(root), full)
     per_shard = max(1, manifest["shard_size"])

@@ -7,6 +7,7 @@ Loading never unpickles: safetensors only.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -33,10 +34,8 @@ def build_from_dicts(model_dict: dict, sched_dict: dict, meta_device: bool = Fal
 
     schedule = DVDPSchedule(**sched_dict)
     model_cfg = from_dict(ModelConfig, dict(model_dict, compile=False), "model.")
-    if meta_device:
-        with torch.device("meta"):
-            return build_denoiser(model_cfg, schedule), schedule
-    return build_denoiser(model_cfg, schedule), schedule
+    with torch.device("meta") if meta_device else contextlib.nullcontext():
+        return build_denoiser(model_cfg, schedule), schedule
 
 
 def _run_weights(run_dir: str, tag: str, meta: dict, raw: bool, decay: float | None) -> tuple[dict, str]:

@@ -29,7 +29,8 @@ def _manifest_path(shards: str) -> Path | None:
     return path / MANIFEST if path.is_dir() else None
 
 
-def _load_manifest(shards: str) -> dict:
+def load_manifest(shards: str) -> dict:
+    """DIR/manifest.json of a make_shards output folder (ValueError naming the fix when missing)."""
     manifest_path = _manifest_path(shards)
     if not manifest_path.exists():
         raise ValueError(
@@ -58,7 +59,7 @@ def stage_urls(shards: str, resolution: int) -> str | list[str]:
                 "'{res}' (e.g. 'data/{res}/shard-{000000..000069}.tar')"
             )
         return shards.replace("{res}", str(resolution))
-    entries = _set_entries(shards, _load_manifest(shards), resolution)
+    entries = _set_entries(shards, load_manifest(shards), resolution)
     folder = manifest_path.parent / str(resolution)
     return [str(folder / entry["name"]) for entry in entries]
 
@@ -72,7 +73,7 @@ def damaged_shards(shards: str, resolution: int) -> list[str]:
         return []
     folder = manifest_path.parent / str(resolution)
     problems = []
-    for entry in _set_entries(shards, _load_manifest(shards), resolution):
+    for entry in _set_entries(shards, load_manifest(shards), resolution):
         path = folder / entry["name"]
         if not path.is_file():
             problems.append(f"{path}: missing")

@@ -36,6 +36,8 @@ class EMA:
         """`model` must hold full weights (call before the engine partitions it)."""
         self.decays = _distinct_decays(decays)
         self.models = {d: copy.deepcopy(model).float().eval().requires_grad_(False) for d in self.decays}
+        # name -> parameter, built once (to() and load_state_dict update the same Parameter objects)
+        self._params = {d: dict(m.named_parameters()) for d, m in self.models.items()}
         self.to(device)
 
     def to(self, device: torch.device | str) -> "EMA":
@@ -49,10 +51,9 @@ class EMA:
         """ema = decay * ema + (1 - decay) * master, for every decay. `master_params` yields
         (name, full fp32 value) of each trained parameter (frozen ones never move, so their EMA
         stays their initial value); under ZeRO it is collective and must be consumed to the end."""
-        targets = {d: dict(m.named_parameters()) for d, m in self.models.items()}
         for name, value in master_params:
             value = value.to(self.device, torch.float32)
-            for d, params in targets.items():
+            for d, params in self._params.items():
                 params[name].lerp_(value, 1.0 - d)
         buffers = list(buffers)
         for m in self.models.values():
