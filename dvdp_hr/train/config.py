@@ -35,7 +35,7 @@ class ScheduleConfig:
 @dataclass
 class DataConfig:
     shards: Optional[str] = None  # make_shards output dir, or URL pattern with a {res} field
-    num_workers: int = 0
+    num_workers: Union[int, list] = 0  # loader workers per rank: one number, or one per stage (finest first)
     shuffle_buffer: int = 1000
     flip: bool = True
 
@@ -71,13 +71,32 @@ class TrainConfig:
 @dataclass
 class EMAConfig:
     decays: list = field(default_factory=lambda: [0.999])
+    # Alternative to decays: EMA half-lives in training images (EDM2-style length). Images per step
+    # vary between stages, so the per-step decay is 0.5 ** (images_this_step / halflife).
+    halflife_images: Optional[list] = None
     every_steps: int = 1
 
 
 @dataclass
 class CheckpointConfig:
     every_images: int = 5000
+    every_minutes: float = 0.0  # wall-clock cadence besides images and signals; 0 = off
     keep_last: int = 3
+    background: bool = True  # rank 0's files (EMA, raw weights, meta) written by a thread while training goes on
+    raw_weights: str = "final"  # when raw.safetensors is written: "final" (final and stop checkpoints) | "every"
+    lock_stale_minutes: float = 10.0  # a run lock whose heartbeat is older than this is taken over
+
+
+@dataclass
+class DistributedConfig:
+    """Process-group and DeepSpeed communication settings (docs in the README's config reference)."""
+    timeout_minutes: float = 30.0  # a dead rank fails the collective after this long instead of idling all GPUs
+    overlap_comm: bool = True  # ZeRO-2/3: reduce gradient buckets while backward continues
+    reduce_bucket_size: int = 50_000_000  # elements per gradient reduction bucket
+    allgather_bucket_size: int = 50_000_000  # elements per parameter all-gather bucket (ZeRO-1/2)
+    communication_data_type: Optional[str] = None  # None (DeepSpeed default) | "fp32" | "bf16"
+    zero3_prefetch_bucket_size: int = 0  # ZeRO-3 prefetch; 0 = off (the module order changes with the stage)
+    cudnn_benchmark: bool = True  # pick conv algorithms per shape (static shapes per stage)
 
 
 @dataclass
@@ -89,6 +108,7 @@ class LoggingConfig:
     sample_count: int = 16
     sample_steps: int = 50
     progress: bool = True
+    progress_every_seconds: float = 60.0  # log-line progress cadence when stdout is not a terminal (SLURM logs)
 
 
 @dataclass
@@ -98,6 +118,7 @@ class PlanConfig:
     throughput_img_s: dict = field(default_factory=dict)  # resolution -> train img/s per GPU
     memory_gib: dict = field(default_factory=dict)  # resolution -> peak GiB at that micro-batch
     throughput_source: str = ""
+    shards_per_set: int = 0  # shards per resolution set assumed by the plan when data.shards is not a local folder
 
 
 @dataclass
@@ -109,6 +130,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
 
