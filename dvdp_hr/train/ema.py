@@ -60,10 +60,17 @@ class EMA:
             for buf, live_buf in zip(m.buffers(), buffers):
                 buf.copy_(live_buf)
 
+    def state_dicts(self, keep: bool) -> dict[str, dict[str, torch.Tensor]] | None:
+        """{file name: full fp32 CPU state} of every EMA, a snapshot safe to write from another
+        thread. Collective (every rank calls it); only ranks with keep=True get the dicts."""
+        if not keep:
+            return None
+        return {ema_filename(d): {k: v.detach().to("cpu", torch.float32, copy=True).contiguous()
+                                  for k, v in m.state_dict().items()} for d, m in self.models.items()}
+
     def save(self, ckpt_dir: str) -> None:
-        for d, m in self.models.items():
-            state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in m.state_dict().items()}
-            save_file(state, os.path.join(ckpt_dir, ema_filename(d)))
+        for name, state in self.state_dicts(keep=True).items():
+            save_file(state, os.path.join(ckpt_dir, name))
 
     def load(self, ckpt_dir: str) -> None:
         for d, m in self.models.items():
