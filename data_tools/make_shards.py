@@ -8,7 +8,12 @@ resolutions are exact box averages of the full-resolution image (dvdp_hr.data.im
 Outputs: DIR/manifest.json, DIR/rejected.json. The shard bytes do not depend on --workers.
 
     python data_tools/make_shards.py --source ffhq/images1024x1024 --out shards/ffhq1024 \\
-        --resolutions 1024,512,256,128,64 --shard-size 1000 --workers 16
+        --resolutions 1024,512,256,128,64 --num-shards 768 --workers 16
+
+A training run splits each set by whole shards over world_size x num_workers reading slots and
+refuses a set with fewer shards than slots: --num-shards N (shard size ceil(images / N)) sizes the
+sets for a run. 768 gives FFHQ's 70,000 images 761 shards of 92: about two per slot for 64 GPUs x 6
+workers (384 slots).
 """
 
 import argparse
@@ -38,6 +43,9 @@ from data_tools._process import Processed, Settings, init_worker, process, proce
 from data_tools._shard_writer import ShardGroupWriter  # noqa: E402
 from data_tools._sources import Source, open_source  # noqa: E402
 from dvdp_hr.data.images import RESIZE_FILTER, ROUNDING  # noqa: E402
+from dvdp_hr.data.sizing import shard_size_for  # noqa: E402
+
+DEFAULT_SHARD_SIZE = 1000
 
 
 def parse_resolutions(text: str) -> tuple[int, ...]:
@@ -74,7 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated; the largest is the full resolution (default %(default)s)",
     )
     parser.add_argument(
-        "--shard-size", type=int, default=1000, help="samples per shard (default %(default)s)"
+        "--shard-size",
+        type=int,
+        help=f"samples per shard (default {DEFAULT_SHARD_SIZE}); or give --num-shards",
+    )
+    parser.add_argument(
+        "--num-shards",
+        type=int,
+        help="target shards per resolution set: shard size = ceil(images found / N). A run reads a set "
+        "with world_size x num_workers slots and needs at least that many shards (rounding up and "
+        "rejected images can give a few fewer than N, so leave a margin)",
     )
     parser.add_argument(
         "--workers",
@@ -175,14 +192,29 @@ def _identity(source: Source, resolutions: tuple[int, ...], args) -> dict:
         "listing_sha256": source.listing_sha256(),
         "num_found": len(source.items),
         "resolutions": list(resolutions),
-        "shard_size": args.shard_size,
+        "shard_size": _shard_size(args, len(source.items)),
         "on_mismatch": args.on_mismatch,
     }
 
 
+def _shard_size(args, num_found: int) -> int:
+    """--shard-size, or the size that --num-shards gives for the images found (the identity holds
+    the size only: both spellings of the same size make the same bytes and resume each other)."""
+    if args.num_shards is not None:
+        return shard_size_for(num_found, args.num_shards)
+    return DEFAULT_SHARD_SIZE if args.shard_size is None else args.shard_size
+
+
 def _check_args(args) -> None:
-    if args.shard_size < 1:
+    if args.shard_size is not None and args.num_shards is not None:
+        raise ValueError(
+            f"--shard-size {args.shard_size} and --num-shards {args.num_shards} both given: pass one "
+            "(--num-shards N sets the shard size to ceil(images found / N))"
+        )
+    if args.shard_size is not None and args.shard_size < 1:
         raise ValueError(f"--shard-size {args.shard_size}: must be at least 1")
+    if args.num_shards is not None and args.num_shards < 1:
+        raise ValueError(f"--num-shards {args.num_shards}: must be at least 1")
     if args.workers < 1:
         raise ValueError(f"--workers {args.workers}: must be at least 1")
 
@@ -197,6 +229,7 @@ def run(args, argv: list[str]) -> int:
     )
     out.mkdir(parents=True, exist_ok=True)
     extra = {
+        "requested_num_shards": args.num_shards,  # None: the size came from --shard-size
         "args": vars(args),
         "argv": argv,
         "rounding": ROUNDING,
@@ -234,6 +267,13 @@ def _finish(out: Path, job: _Run, identity: dict, extra: dict, args, seconds: fl
         f"+ rejected {len(state.rejected)} "
         f"({seconds:.1f} s) -> {out}"
     )
+    shards = len(state.sets[identity["resolutions"][0]])
+    if shards:
+        print(
+            f"make_shards: {shards} shard(s) per resolution of {identity['shard_size']} samples"
+            + (f" (--num-shards {args.num_shards})" if args.num_shards is not None else "")
+            + f": enough for runs of up to {shards} reading slots (world_size x num_workers)"
+        )
     if job.upscaled:
         print(
             f"make_shards: warning: {job.upscaled} image(s) smaller than {identity['resolutions'][0]}px "

@@ -51,12 +51,15 @@ def cmd_train(args) -> int:
 
 def _print_plan(cfg, with_config: bool) -> int:
     from dvdp_hr.train.plan import format_plan
-    from dvdp_hr.train.validate import build_schedule
+    from dvdp_hr.train.validate import build_schedule, check_shard_count
 
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    schedule = build_schedule(cfg)
+    if cfg.data.shards:  # a plan without --shards (README step 2) has nothing to count yet
+        check_shard_count(cfg, schedule, world)
     if with_config:
         print("# Resolved config\n" + cfg.to_yaml())
-    print(format_plan(cfg, build_schedule(cfg), world))
+    print(format_plan(cfg, schedule, world))
     return 0
 
 

@@ -2,10 +2,11 @@
 
 Split rule, per epoch e: the shard list is permuted by a generator seeded with (seed, e), the
 same on every rank. With S shards and N = world_size * workers reading slots, slot
-i = rank * workers + worker reads the shards perm[i::N] (shard-level split). When S < N, every
-slot reads all shards in perm order and keeps the samples whose running index j satisfies
-j % N == i (sample-level split: the same coverage, N times the reading). Either way each epoch
-is split into disjoint parts that together cover every sample exactly once.
+i = rank * workers + worker reads the shards perm[i::N] and nothing else (shard-level split), so
+each epoch is split into disjoint parts that together cover every sample exactly once and every
+byte is read once (read amplification 1.0). A set with fewer shards than slots is refused
+(TooFewShardsError): the sample-level fallback it used to get (every slot reads every shard and
+keeps 1/N of the samples) read N times the data and parsed a whole set before a slot's first output.
 """
 
 import hashlib
@@ -155,16 +156,66 @@ def epoch_permutation(count: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+class TooFewShardsError(ValueError):
+    """Fewer shards than reading slots: some slot would have no shard of its own."""
+
+
+def check_enough_shards(num_shards: int, slots: int, what: str = "the shard set") -> None:
+    """Refuse a set that cannot give every reading slot (rank x worker) a shard of its own."""
+    if num_shards < slots:
+        raise TooFewShardsError(
+            f"{what} has {num_shards} shard(s) but {slots} reading slots (ranks x max(1, num_workers)) "
+            f"read it, and each slot reads only whole shards of its own: remake the shards with "
+            f"`make_shards --num-shards N` for some N >= {slots}, or use fewer workers or ranks"
+        )
+
+
+def slot_shards(num_shards: int, seed: int, epoch: int, slot: int, slots: int) -> list[int]:
+    """Indices of the shards that reading slot `slot` of `slots` reads in `epoch`, in order."""
+    check_enough_shards(num_shards, slots)
+    return epoch_permutation(num_shards, seed, epoch)[slot::slots]
+
+
 def epoch_items(urls: list[str], seed: int, epoch: int, slot: int, slots: int) -> Iterator[dict]:
     """The raw (undecoded) samples that reading slot `slot` of `slots` gets in `epoch`."""
-    order = epoch_permutation(len(urls), seed, epoch)
-    if len(urls) >= slots:
-        for shard in order[slot::slots]:
-            yield from read_shard(urls[shard])
-        return
-    running = 0
-    for shard in order:
-        for item in read_shard(urls[shard]):
-            if running % slots == slot:
-                yield item
-            running += 1
+    for shard in slot_shards(len(urls), seed, epoch, slot, slots):
+        yield from read_shard(urls[shard])
+
+
+def read_amplification(num_shards: int, slots: int, shard_sizes: list[int] | None = None,
+                       *, sample_level_fallback: bool = False) -> float:
+    """Bytes read / bytes delivered by all `slots` reading slots over one epoch of a set of
+    `num_shards` shards (`shard_sizes` in bytes; equal sizes when None).
+
+    The shard-level split reads every shard exactly once: 1.0 whenever num_shards >= slots, and
+    fewer shards than slots is refused (TooFewShardsError), so that case cannot occur in a run.
+    `sample_level_fallback=True` gives what the rule before the refusal read instead: with
+    num_shards < slots every slot read every shard and kept 1/slots of the samples (= slots)."""
+    sizes = _shard_sizes(num_shards, shard_sizes)
+    if slots < 1:
+        raise ValueError(f"slots={slots}: must be at least 1")
+    if sample_level_fallback and num_shards < slots:
+        return float(slots)  # every slot read every byte of the set
+    check_enough_shards(num_shards, slots)
+    order = epoch_permutation(num_shards, 0, 0)  # any epoch: the totals do not depend on it
+    read = sum(sizes[shard] for slot in range(slots) for shard in order[slot::slots])
+    return read / sum(sizes)
+
+
+def _shard_sizes(num_shards: int, shard_sizes: list[int] | None) -> list[int]:
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards}: must be at least 1")
+    sizes = [1] * num_shards if shard_sizes is None else list(shard_sizes)
+    if len(sizes) != num_shards or any(size <= 0 for size in sizes):
+        raise ValueError(f"shard_sizes must hold {num_shards} positive byte counts, got {len(sizes)} entries")
+    return sizes
+
+
+def shard_set_size(shards: str, resolution: int) -> tuple[int, int | None, int | None]:
+    """(shards, samples, images found) of one resolution set: from a make_shards folder's manifest,
+    or (shards, None, None) from the brace pattern of a URL pattern (nothing to count there)."""
+    if _manifest_path(shards) is None:
+        return len(url_list(stage_urls(shards, resolution))), None, None
+    manifest = load_manifest(shards)
+    entries = _set_entries(shards, manifest, resolution)
+    return len(entries), sum(e["samples"] for e in entries), manifest.get("num_found")

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .images import decode_rgb
 from .order import slot_stream
-from .shards import url_list
+from .shards import check_enough_shards, url_list
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
@@ -134,6 +134,8 @@ class StageStream:
             shuffle_buffer,
             bool(flip),
         )
+        check_enough_shards(len(self.config.urls), world_size * self.config.workers,
+                            f"the {resolution}x{resolution} shard set ({self.config.urls[0]}, ...)")
         self._batches = 0
         self._positions = [(0, 0)] * self.config.workers
         self._corrupt = [0] * self.config.workers

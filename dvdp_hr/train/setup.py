@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from dvdp_hr.train.validate import build_schedule
+from dvdp_hr.train.validate import build_schedule, workers_for_stage
 
 
 def build_model(cfg, schedule) -> torch.nn.Module:
@@ -41,7 +41,7 @@ def make_streams(cfg, schedule, rank: int, world_size: int) -> dict:
         res = schedule.stage_resolution(k)
         streams[k] = StageStream(stage_urls(cfg.data.shards, res), res, cfg.train.micro_batch[k],
                                  seed=cfg.train.seed + 1000 * k, rank=rank, world_size=world_size,
-                                 num_workers=cfg.data.num_workers, shuffle_buffer=cfg.data.shuffle_buffer,
+                                 num_workers=workers_for_stage(cfg, k), shuffle_buffer=cfg.data.shuffle_buffer,
                                  flip=cfg.data.flip)
     return streams
 

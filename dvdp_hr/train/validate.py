@@ -1,8 +1,13 @@
 """Up-front consistency checks of a RunConfig; every error names the offending key."""
 from __future__ import annotations
 
+import logging
+
+from dvdp_hr.data.sizing import num_shards_option_for, shard_size_option_for
 from dvdp_hr.diffusion import DVDPSchedule
 from dvdp_hr.train.confutil import ConfigError
+
+log = logging.getLogger(__name__)
 
 CHOICES = {
     "train.zero_stage": (1, 2, 3),
@@ -44,7 +49,6 @@ def _check_positive(cfg) -> None:
 
 def _check_ranges(cfg) -> None:
     checks = (
-        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, "must be >= 1"),
         ("train.seed", cfg.train.seed >= 0, "must be >= 0"),
         ("train.snr_gamma", cfg.train.snr_gamma > 0, "must be > 0"),
@@ -61,6 +65,35 @@ def _check_ranges(cfg) -> None:
             raise ConfigError(f"{key} {rule}, got {_get(cfg, key)!r}.")
     if len(set(cfg.ema.decays)) != len(cfg.ema.decays):
         raise ConfigError(f"ema.decays must be distinct, got {cfg.ema.decays!r}.")
+
+
+def _check_num_workers(cfg, num_stages: int) -> None:
+    """data.num_workers: one int >= 0 for every stage, or one per stage (finest first)."""
+    workers = cfg.data.num_workers
+    if isinstance(workers, list):
+        if len(workers) != num_stages:
+            raise ConfigError(
+                f"data.num_workers needs one entry per stage ({num_stages} stages for {cfg.schedule.resolution} -> "
+                f"{cfg.schedule.root_resolution}, finest first) or a single int for all, got {workers!r}.")
+        if any(not _is_int(w) or w < 0 for w in workers):
+            raise ConfigError(f"data.num_workers entries must be integers >= 0, got {workers!r}.")
+    elif not _is_int(workers) or workers < 0:
+        raise ConfigError(f"data.num_workers must be >= 0, got {workers!r}.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def workers_for_stage(cfg, k: int) -> int:
+    """DataLoader workers per rank for stage k (data.num_workers: one int, or one per stage)."""
+    workers = cfg.data.num_workers
+    return int(workers[k]) if isinstance(workers, list) else int(workers)
+
+
+def reading_slots(cfg, k: int, world_size: int) -> int:
+    """Readers of stage k's shard set: every rank's workers (num_workers=0 reads in the rank: 1)."""
+    return world_size * max(1, workers_for_stage(cfg, k))
 
 
 def _check_sampling(cfg, num_stages: int) -> None:
@@ -153,6 +186,7 @@ def validate_config(cfg) -> None:
     resolve_turning_points(cfg)
     schedule = build_schedule(cfg)
     _check_per_stage_lists(cfg, schedule.num_stages)
+    _check_num_workers(cfg, schedule.num_stages)
     _check_sampling(cfg, schedule.num_stages)
     _check_model(cfg)
 
@@ -175,9 +209,8 @@ def check_shards(cfg, schedule) -> None:
     shard must be present with its manifest size (URL patterns are not probed)."""
     from dvdp_hr.data.shards import damaged_shards, stage_urls
 
+    _require_shards(cfg)
     shards = cfg.data.shards
-    if not shards:
-        raise ConfigError("data.shards is not set: pass --shards DIR (a make_shards output) or a URL pattern with {res}.")
     problems = []
     for k in cfg.trained_stages():
         try:
@@ -191,3 +224,87 @@ def check_shards(cfg, schedule) -> None:
             f"data.shards={shards}: {len(problems)} damaged shard(s):\n  {shown}\n"
             f"Run `python data_tools/inspect_shards.py {shards}`, then rerun make_shards with --resume "
             f"(same --source, --out {shards} and settings) to rewrite them.")
+
+
+_warned: set[str] = set()  # warnings already logged by this process
+
+
+def check_shard_count(cfg, schedule, world_size: int, warn: bool = True) -> list[str]:
+    """Each trained stage's shard set must hold at least one shard per reading slot (world_size x
+    that stage's workers): a slot reads only whole shards of its own (dvdp_hr.data.shards). Raises
+    ConfigError naming every short stage and the fixes. Returns notes on a shuffle buffer larger than
+    a slot's share of an epoch, and logs them once per process when `warn` (pass rank == 0)."""
+    from dvdp_hr.data.shards import shard_set_size
+
+    _require_shards(cfg)
+    short, oversized = [], []
+    for k in cfg.trained_stages():
+        res = schedule.stage_resolution(k)
+        try:
+            num_shards, samples, found = shard_set_size(cfg.data.shards, res)
+        except ValueError as err:
+            raise ConfigError(f"data.shards (stage {k}): {err}") from None
+        slots = reading_slots(cfg, k, world_size)
+        if num_shards < slots:
+            short.append((k, res, num_shards, samples, found, slots))
+        elif samples is not None and cfg.data.shuffle_buffer > samples // slots:
+            oversized.append((k, res, samples, slots))
+    if short:
+        raise ConfigError(_too_few_shards_message(cfg, world_size, short))
+    notes = [_oversized_buffer_message(cfg, oversized)] if oversized else []
+    for note in notes:
+        if warn and note not in _warned:
+            _warned.add(note)
+            log.warning(note)
+    return notes
+
+
+def _require_shards(cfg) -> None:
+    if not cfg.data.shards:
+        raise ConfigError("data.shards is not set: pass --shards DIR (a make_shards output) or a URL pattern with {res}.")
+
+
+def _too_few_shards_message(cfg, world_size: int, short: list[tuple]) -> str:
+    lines = [f"data.shards={cfg.data.shards}: too few shards for the reading slots (ranks x data.num_workers, "
+             f"num_workers=0 counting as 1); each slot reads only whole shards of its own."]
+    for k, res, num_shards, _, _, slots in short:
+        lines.append(f"  stage {k} ({res}x{res}): {num_shards} shards < {slots} slots "
+                     f"({world_size} ranks x {max(1, workers_for_stage(cfg, k))} workers)")
+    _, _, _, samples, found, slots = max(short, key=lambda stage: stage[-1])  # the most slots to feed
+    lines.append("Fix: " + _remake_fix(samples, found, slots))
+    lines.append("Or: " + _fewer_workers_fix(cfg, world_size, {k: n for k, _, n, *_ in short}))
+    return "\n".join(lines)
+
+
+def _remake_fix(samples: int | None, found: int | None, slots: int) -> str:
+    if samples is None:  # a URL pattern: the image count is unknown here
+        return (f"remake the shards with `dvdp-hr make-shards ... --num-shards N`, N a little above {slots} "
+                f"(the shard size is rounded up, so N = {slots} can give a shard fewer), and count them.")
+    if samples < slots:
+        return f"{samples} images cannot fill {slots} shards: use fewer ranks or workers."
+    return (f"remake the shards with `dvdp-hr make-shards ... --num-shards "
+            f"{num_shards_option_for(found or samples, samples, slots)}` (or `--shard-size "
+            f"{shard_size_option_for(samples, slots)}`) for these {samples:,} images.")
+
+
+def _fewer_workers_fix(cfg, world_size: int, shards_of_short: dict[int, int]) -> str:
+    if any(n < world_size for n in shards_of_short.values()):
+        fewest = min(shards_of_short.values())
+        return f"run on at most {fewest} ranks (with fewer shards than ranks no num_workers helps)."
+    suggested = [workers_for_stage(cfg, k) for k in range(cfg.num_stages)]
+    for k, num_shards in shards_of_short.items():
+        suggested[k] = min(suggested[k], num_shards // world_size)
+    as_override = "[" + ",".join(str(w) for w in suggested) + "]"
+    return (f"fewer loader workers for the short stage(s): data.num_workers={as_override} "
+            f"(one entry per stage, finest first; at most shards // ranks each).")
+
+
+def _oversized_buffer_message(cfg, oversized: list[tuple]) -> str:
+    shares = [(k, res, samples, slots, samples // slots) for k, res, samples, slots in oversized]
+    where = "; ".join(f"stage {k} ({res}x{res}): ~{share:,} = {samples:,} samples / {slots} slots"
+                      for k, res, samples, slots, share in shares)
+    smallest = min(share for *_, share in shares)
+    return (f"data.shuffle_buffer={cfg.data.shuffle_buffer} exceeds a reading slot's share of an epoch ({where}). "
+            f"Such a buffer holds the slot's whole share: it mixes no better than one of that size, and the slot "
+            f"parses its whole share before its first output and again at every epoch boundary. "
+            f"Set data.shuffle_buffer <= {smallest:,} (e.g. {max(1, smallest // 2):,}).")

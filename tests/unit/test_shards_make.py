@@ -179,6 +179,7 @@ def test_cli_entry_points_show_help(command):
         "--out",
         "--resolutions",
         "--shard-size",
+        "--num-shards",
         "--workers",
         "--resume",
         "--strict",
@@ -208,3 +209,44 @@ def test_upscaled_images_are_counted_in_a_warning(tmp_path, capsys):
     assert run_make_shards(folder, tmp_path / "out", "16,8", 2) == 0
     assert "warning: 1 image(s) smaller than 16px were upscaled" in capsys.readouterr().out
     assert samples_of(tmp_path / "out", 16)["00000000"]["json"]["conversions"] == ["resize 8x8 to 16x16 (lanczos)"]
+
+
+def make_shards_with(source: Path, out: Path, *flags: str) -> int:
+    from data_tools.make_shards import main
+
+    return main(["--source", str(source), "--out", str(out), "--resolutions", "16,8", "--no-progress", *flags])
+
+
+def test_num_shards_derives_the_shard_size_and_is_recorded(tmp_path, capsys):
+    source = write_ffhq_tree(tmp_path, mixed_images(10, 16))
+    assert make_shards_with(source, tmp_path / "n", "--num-shards", "4", "--workers", "2") == 0  # size ceil(10/4)
+    assert "4 shard(s) per resolution of 3 samples (--num-shards 4)" in capsys.readouterr().out
+    assert make_shards_with(source, tmp_path / "s", "--shard-size", "3", "--workers", "1") == 0
+    by_count, by_size = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("n", "s"))
+    assert (by_count["shard_size"], by_count["num_shards"], by_count["requested_num_shards"]) == (3, 4, 4)
+    assert by_size["requested_num_shards"] is None and by_count["sets"] == by_size["sets"]
+    assert [e["samples"] for e in by_count["sets"]["8"]["shards"]] == [3, 3, 3, 1]
+    for path in sorted((tmp_path / "s").rglob("*.tar")):  # the same bytes, whatever the spelling or workers
+        assert (tmp_path / "n" / path.relative_to(tmp_path / "s")).read_bytes() == path.read_bytes()
+
+
+def test_num_shards_counts_found_images_and_keeps_the_accounting(tmp_path, capsys):
+    source = write_ffhq_tree(tmp_path, mixed_images(9, 16))
+    save_png(source / "00000" / "00009.png", gradient_image(8, 12))  # rejected below: wrong size
+    assert make_shards_with(source, tmp_path / "out", "--num-shards", "5", "--on-mismatch", "reject") == 0
+    out = capsys.readouterr().out
+    assert "found 10 = written 9 + rejected 1" in out and "5 shard(s) per resolution of 2 samples" in out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert (manifest["num_found"], manifest["num_written"], manifest["num_rejected"]) == (10, 9, 1)
+    assert [e["samples"] for e in manifest["sets"]["16"]["shards"]] == [2, 2, 2, 2, 1]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-shards", "4", "--shard-size", "3"], "--shard-size 3 and --num-shards 4 both given: pass one"),
+    (["--num-shards", "0"], "--num-shards 0: must be at least 1"),
+])
+def test_num_shards_errors_name_the_fix(tmp_path, capsys, flags, message):
+    source = write_ffhq_tree(tmp_path, mixed_images(2, 16))
+    assert make_shards_with(source, tmp_path / "out", *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
