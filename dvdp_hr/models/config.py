@@ -17,7 +17,7 @@ class ModelConfig:
     prediction: str = "x0"                  # "x0" | "eps" | "v" (dvdp-math.md s6)
     attention: str = "auto"                 # "auto" | "sdpa" | "xformers"
     dropout: float = 0.0
-    grad_checkpointing: bool = False        # per UNet block
+    grad_checkpointing: bool | list[bool] = False  # per UNet block: all stages, or one flag per stage (finest first)
     channels_last: bool = False             # measured slower for GroupNorm UNets on H100
     compile: bool = False                   # torch.compile per block
 
@@ -42,8 +42,30 @@ class ModelConfig:
                 choose("stage_presets[...]", name, MODEL_PRESETS)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
-        for flag in ("grad_checkpointing", "channels_last", "compile"):
+        for flag in ("channels_last", "compile"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"model.{flag} must be true or false, got "
                                  f"{getattr(self, flag)!r}")
+        self._check_grad_checkpointing()
         return self
+
+    def _check_grad_checkpointing(self) -> None:
+        flags = self.grad_checkpointing
+        if isinstance(flags, bool):
+            return
+        if not isinstance(flags, list) or not flags or any(not isinstance(f, bool) for f in flags):
+            raise ValueError(f"model.grad_checkpointing must be true/false (all stages) or a list "
+                             f"of true/false, one per stage, finest first (e.g. [true, false, false]); "
+                             f"got {flags!r}")
+
+    def checkpointed_stages(self, num_stages: int) -> tuple[bool, ...]:
+        """One gradient-checkpointing flag per stage, finest first."""
+        self._check_grad_checkpointing()
+        flags = self.grad_checkpointing
+        if isinstance(flags, bool):
+            return (flags,) * num_stages
+        if len(flags) != num_stages:
+            raise ValueError(f"model.grad_checkpointing has {len(flags)} entries but the schedule has "
+                             f"{num_stages} stages; give one true/false per stage, finest first, or a "
+                             f"single true/false for all stages")
+        return tuple(flags)

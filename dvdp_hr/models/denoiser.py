@@ -18,6 +18,8 @@ class Denoiser(nn.Module):
         self.config = config
         self.schedule = schedule
         self.networks = nn.ModuleList(networks)  # one module tree: one optimizer / engine
+        # A micro-batch holds one stage (its t), so checkpointing is decided per call by that stage.
+        self.checkpointed = config.checkpointed_stages(schedule.num_stages)
 
     def stage_modules(self, k: int) -> UNet:
         """The network that serves stage k (ZeRO-3 leaf handling, per-stage export)."""
@@ -54,7 +56,7 @@ class Denoiser(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         t = t.to(y_t.device, non_blocking=True)
         stage = torch.full_like(t, k) if self.config.mode == "shared" else None
-        return self.stage_modules(k)(x, t, stage)
+        return self.stage_modules(k)(x, t, stage, grad_checkpointing=self.checkpointed[k])
 
     def predict_x0(self, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x0 estimate in pixel units at the stage resolution (the sampler's contract)."""
@@ -91,7 +93,6 @@ def build_denoiser(cfg: ModelConfig, schedule: DVDPSchedule) -> Denoiser:
         stages = schedule.num_stages if cfg.mode == "shared" else 1
         net = UNet(get_preset(name), num_stages=stages, dropout=cfg.dropout,
                    attention=cfg.attention)
-        net.grad_checkpointing = cfg.grad_checkpointing
         if cfg.channels_last:
             net.to(memory_format=torch.channels_last)
         if cfg.compile:

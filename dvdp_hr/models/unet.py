@@ -36,7 +36,7 @@ class UNet(nn.Module):
         super().__init__()
         preset.validate()
         self.preset = preset
-        self.grad_checkpointing = False
+        self.grad_checkpointing = False  # default when forward() is not told (Denoiser tells it per stage)
         base, emb_ch = preset.base_channels, 4 * preset.base_channels
         self._make_block_args = dict(emb_ch=emb_ch, groups=preset.norm_groups, dropout=dropout,
                                      attention=attention)
@@ -101,8 +101,9 @@ class UNet(nn.Module):
             if block.attn is not None:
                 block.attn.compile(dynamic=True)
 
-    def _run(self, block: UNetBlock, h: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
+    @staticmethod
+    def _run(block: UNetBlock, h: torch.Tensor, emb_act: torch.Tensor, ckpt: bool) -> torch.Tensor:
+        if ckpt and torch.is_grad_enabled():
             return checkpoint(block, h, emb_act, use_reentrant=False)
         return block(h, emb_act)
 
@@ -123,19 +124,21 @@ class UNet(nn.Module):
             raise ValueError(f"input size {tuple(x.shape[-2:])} must be a multiple of {m} "
                              f"({p.num_levels} levels); use a preset with fewer levels")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor,
-                stage: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, stage: torch.Tensor | None = None,
+                grad_checkpointing: bool | None = None) -> torch.Tensor:
+        """grad_checkpointing: recompute each block in backward; None = self.grad_checkpointing."""
         self.check_input(x)
+        ckpt = self.grad_checkpointing if grad_checkpointing is None else grad_checkpointing
         emb_act = self.embed(t, stage)
         h = self.conv_in(x)
         skips = [h]
         for block in self.down:
-            h = self._run(block, h, emb_act)
+            h = self._run(block, h, emb_act, ckpt)
             skips.append(h)
         for block in self.mid:
-            h = self._run(block, h, emb_act)
+            h = self._run(block, h, emb_act, ckpt)
         for block in self.up:
             if block.takes_skip:
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(block, h, emb_act)
+            h = self._run(block, h, emb_act, ckpt)
         return self.conv_out(norm_silu(h, self.norm_out))

@@ -113,10 +113,14 @@ class LoggingConfig:
 
 @dataclass
 class PlanConfig:
-    """Figures for the dry-run cost plan; `throughput_source` labels where they come from."""
+    """Figures for the dry-run cost plan; `throughput_source` labels where the throughputs come from.
+    Memory is OUR network's, measured by dvdp_hr.train.memory; `memory_gib` only overrides its fit check."""
     gpu_memory_gib: float = 80.0
+    memory_reserve_fraction: float = 0.1  # of gpu_memory_gib kept free (fragmentation, CUDA context, workspaces)
     throughput_img_s: dict = field(default_factory=dict)  # resolution -> train img/s per GPU
-    memory_gib: dict = field(default_factory=dict)  # resolution -> peak GiB at that micro-batch
+    # resolution -> peak GiB of OUR network measured on a GPU at the configured micro-batch
+    # (bench/gpu_check_train.sh); when given it decides the plan's fit check for that stage
+    memory_gib: dict = field(default_factory=dict)
     throughput_source: str = ""
     shards_per_set: int = 0  # shards per resolution set assumed by the plan when data.shards is not a local folder
 
@@ -180,12 +184,25 @@ def deepspeed_config(cfg: RunConfig) -> dict:
     }
     if t.precision == "bf16":
         ds["bf16"] = {"enabled": True, "check_grad_overflow": True}
-    if t.zero_stage == 3:
-        # Which stage network runs changes from step to step, so ZeRO-3's traced module order is
-        # invalidated often: no prefetch (it would fetch the wrong network's parameters).
-        # Marking the stage networks as z3 leaf modules broke their backward (deepspeed 0.19.8).
-        ds["zero_optimization"].update({"stage3_prefetch_bucket_size": 0})
+    ds["zero_optimization"].update(_zero_comm(cfg))
+    if cfg.distributed.communication_data_type is not None:
+        ds["communication_data_type"] = cfg.distributed.communication_data_type
     return ds
+
+
+def _zero_comm(cfg: RunConfig) -> dict:
+    """ZeRO communication settings from the `distributed` section."""
+    d = cfg.distributed
+    comm = {"overlap_comm": bool(d.overlap_comm), "contiguous_gradients": True,
+            "reduce_bucket_size": int(d.reduce_bucket_size)}
+    if cfg.train.zero_stage in (1, 2):
+        comm["allgather_bucket_size"] = int(d.allgather_bucket_size)
+    else:
+        # Which stage network runs changes from step to step, so ZeRO-3's traced module order is
+        # invalidated often; prefetch (0 = off) would then fetch the wrong network's parameters.
+        # Marking the stage networks as z3 leaf modules broke their backward (deepspeed 0.19.8).
+        comm["stage3_prefetch_bucket_size"] = int(d.zero3_prefetch_bucket_size)
+    return comm
 
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "deepspeed_config", "ScheduleConfig", "TrainConfig"]

@@ -15,6 +15,8 @@ CHOICES = {
     "optim.name": ("adamw", "fused_adam"),
     "optim.decay": ("constant", "cosine", "linear"),
     "logging.wandb_mode": ("offline", "online", "disabled"),
+    "distributed.communication_data_type": (None, "fp32", "bf16"),
+    "checkpoint.raw_weights": ("final", "every"),
 }
 
 
@@ -33,13 +35,18 @@ def _check_choices(cfg) -> None:
 
 def _check_positive(cfg) -> None:
     for key in ("train.max_images", "checkpoint.every_images", "checkpoint.keep_last",
-                "ema.every_steps", "logging.every_steps", "optim.lr"):
+                "ema.every_steps", "logging.every_steps", "optim.lr", "distributed.timeout_minutes",
+                "distributed.reduce_bucket_size", "distributed.allgather_bucket_size",
+                "checkpoint.lock_stale_minutes", "logging.progress_every_seconds"):
         value = _get(cfg, key)
         if not isinstance(value, (int, float)) or value <= 0:
             raise ConfigError(f"{key} must be a positive number, got {value!r}.")
     for decay in cfg.ema.decays:
         if not 0.0 < float(decay) < 1.0:
             raise ConfigError(f"ema.decays entries must lie in (0, 1), got {decay!r}.")
+    for images in cfg.ema.halflife_images or []:
+        if not isinstance(images, (int, float)) or isinstance(images, bool) or not images > 0:
+            raise ConfigError(f"ema.halflife_images entries must be positive image counts, got {images!r}.")
     if not cfg.optim.grad_clip > 0:
         raise ConfigError(f"optim.grad_clip must be > 0 (got {cfg.optim.grad_clip}): the non-finite step guard "
                           f"relies on the global grad norm; use e.g. 1e9 to leave gradients unclipped.")
@@ -59,12 +66,17 @@ def _check_ranges(cfg) -> None:
          "must be two numbers in [0, 1)"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.warmup_images", cfg.optim.warmup_images >= 0, "must be >= 0"),
+        ("checkpoint.every_minutes", cfg.checkpoint.every_minutes >= 0, "must be >= 0 (0 = off)"),
+        ("distributed.zero3_prefetch_bucket_size", cfg.distributed.zero3_prefetch_bucket_size >= 0, "must be >= 0"),
     )
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {_get(cfg, key)!r}.")
     if len(set(cfg.ema.decays)) != len(cfg.ema.decays):
         raise ConfigError(f"ema.decays must be distinct, got {cfg.ema.decays!r}.")
+    halflives = cfg.ema.halflife_images
+    if halflives is not None and len({int(h) for h in halflives}) != len(halflives):
+        raise ConfigError(f"ema.halflife_images must be distinct whole image counts, got {halflives!r}.")
 
 
 def _check_num_workers(cfg, num_stages: int) -> None:
@@ -172,9 +184,10 @@ def _check_per_stage_lists(cfg, num_stages: int) -> None:
             raise ConfigError(f"train.stage_weights must be >= 0 with a positive sum over the trained stages, got {t.stage_weights!r}.")
 
 
-def _check_model(cfg) -> None:
+def _check_model(cfg, num_stages: int) -> None:
     try:
         cfg.model.validate()
+        cfg.model.checkpointed_stages(num_stages)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
 
@@ -188,7 +201,7 @@ def validate_config(cfg) -> None:
     _check_per_stage_lists(cfg, schedule.num_stages)
     _check_num_workers(cfg, schedule.num_stages)
     _check_sampling(cfg, schedule.num_stages)
-    _check_model(cfg)
+    _check_model(cfg, schedule.num_stages)
 
 
 def check_world_size(cfg, world_size: int) -> None:
