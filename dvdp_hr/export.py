@@ -1,7 +1,8 @@
 """Export for other tools: one safetensors file with the model and schedule config in its metadata.
 
 Weights come from a checkpoint's EMA (default) or, with raw=True, from the trained fp32 weights
-that every checkpoint consolidates from the ZeRO shards of any stage (raw.safetensors). Per-stage networks trained in separate runs are merged: the runs must share
+consolidated from the ZeRO shards (raw.safetensors: in the final and stop checkpoints, or in every
+one with checkpoint.raw_weights=every). Per-stage networks trained in separate runs are merged: the runs must share
 one schedule and model config and train disjoint stages that together cover every stage.
 Loading never unpickles: safetensors only.
 """
@@ -38,23 +39,41 @@ def build_from_dicts(model_dict: dict, sched_dict: dict, meta_device: bool = Fal
         return build_denoiser(model_cfg, schedule), schedule
 
 
-def _run_weights(run_dir: str, tag: str, meta: dict, raw: bool, decay: float | None) -> tuple[dict, str]:
+def _run_weights(run_dir: str, tag: str, meta: dict, raw: bool, decay: float | str | None) -> tuple[dict, str]:
     from dvdp_hr.distributed.checkpoint import RAW_WEIGHTS, checkpoints_dir
     from dvdp_hr.train.ema import ema_filename
 
     if raw:
         path = os.path.join(checkpoints_dir(run_dir), tag, RAW_WEIGHTS)
         if not os.path.isfile(path):
-            raise ExportError(f"{path} not found: this checkpoint holds no consolidated raw weights.")
+            raise ExportError(_no_raw_weights_message(run_dir, tag))
         return load_file(path), "raw"
-    decay = float(decay if decay is not None else meta["ema_decays"][0])
-    path = os.path.join(checkpoints_dir(run_dir), tag, ema_filename(decay))
+    name = ema_filename(_ema_label(decay if decay is not None else meta["ema_decays"][0]))
+    path = os.path.join(checkpoints_dir(run_dir), tag, name)
     if not os.path.isfile(path):
-        raise ExportError(f"{path} not found: this run keeps EMA decays {meta['ema_decays']}; pass one of them.")
-    return load_file(path), f"ema-{decay!r}"
+        raise ExportError(f"{path} not found: this run keeps the EMAs {meta['ema_decays']}; pass one of them.")
+    return load_file(path), name[:-len(".safetensors")]
 
 
-def collect_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | None = None) -> dict:
+def _ema_label(value) -> float | str:
+    """An EMA as the checkpoint names it: a decay (0.9999) or a half-life label (hl500000)."""
+    text = str(value)
+    return text if text.startswith("hl") else float(text)
+
+
+def _no_raw_weights_message(run_dir: str, tag: str) -> str:
+    from dvdp_hr.distributed.checkpoint import RAW_WEIGHTS, checkpoints_dir, list_complete
+
+    root = checkpoints_dir(run_dir)
+    with_raw = [t for t in list_complete(run_dir) if os.path.isfile(os.path.join(root, t, RAW_WEIGHTS))]
+    where = (f"checkpoints with them: {', '.join(with_raw)} (pass one with --checkpoint)" if with_raw
+             else "no checkpoint of this run has them yet")
+    return (f"checkpoint {tag} of {run_dir} holds no consolidated raw weights ({RAW_WEIGHTS}): with "
+            f"checkpoint.raw_weights=final (the default) only the final and stop checkpoints have them; {where}. "
+            f"Export the EMA weights instead (drop --raw), or train with checkpoint.raw_weights=every.")
+
+
+def collect_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | str | None = None) -> dict:
     """Weights, configs and trained stages of one run's checkpoint (the latest by default)."""
     from dvdp_hr.distributed.checkpoint import find_latest, read_meta
 
@@ -112,7 +131,7 @@ def merge_runs(runs: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def export(run_dirs: list[str], out: str, tag: str | None = None, raw: bool = False,
-           decay: float | None = None) -> dict:
+           decay: float | str | None = None) -> dict:
     """Write `out` (safetensors) and its sidecar JSON; returns the metadata."""
     if tag is not None and len(run_dirs) > 1:
         raise ExportError("--checkpoint names one run's tag; with several --run-dir use each run's latest.")
@@ -154,7 +173,7 @@ def load_pretrained(path: str, device: str | torch.device = "cpu"):
     return model.to(device).eval().requires_grad_(False), schedule
 
 
-def load_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | None = None):
+def load_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: float | str | None = None):
     """(model, schedule) straight from a run directory's checkpoint."""
     run = collect_run(run_dir, tag, raw, decay)
     model, schedule = build_from_dicts(run["model"], run["schedule"])

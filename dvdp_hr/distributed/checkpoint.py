@@ -1,10 +1,12 @@
 """Checkpoint directories: atomic publication, `latest` discovery, per-rank state, provenance.
 
 Layout: RUN/checkpoints/<tag>/ holds the DeepSpeed shards, meta.json (counters, config,
-provenance), ema-<decay>.safetensors, raw.safetensors (the trained weights, consolidated fp32),
-and rank-<r>.pt (RNG and data position of rank r).
-A checkpoint is written as RUN/checkpoints/.tmp-<tag>/, renamed once every rank finished, and
-only then named by RUN/checkpoints/latest (replaced with os.replace, so it is never half written).
+provenance, and the size and sha256 of every other file), ema-<decay>.safetensors,
+raw.safetensors (the consolidated fp32 trained weights; final and stop checkpoints unless
+checkpoint.raw_weights=every), config.yaml and rank-<r>.pt (RNG and data position of rank r).
+A checkpoint is written as RUN/checkpoints/.tmp-<tag>/, every file fsynced by the rank that wrote
+it, renamed once meta.json is in, and only then named by RUN/checkpoints/latest (replaced with
+os.replace, so it is never half written).
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from importlib import metadata
 import numpy as np
 import torch
 
+from dvdp_hr.distributed import integrity
 from dvdp_hr.distributed.env import barrier, current
+from dvdp_hr.distributed.objects import gather_all
 
 LATEST = "latest"
 META = "meta.json"
@@ -38,14 +42,6 @@ def make_tag(images: int) -> str:
     return f"img{images:012d}"
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as fh:
@@ -53,19 +49,31 @@ def write_atomic(path: str, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    integrity.fsync_dir(os.path.dirname(path) or ".")
+
+
+def latest_name(run_dir: str) -> str | None:
+    """What RUN/checkpoints/latest says, unchecked (None if there is no such file)."""
+    pointer = os.path.join(checkpoints_dir(run_dir), LATEST)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as fh:
+        return fh.read().strip()
+
+
+def is_complete(run_dir: str, tag: str) -> bool:
+    return bool(tag) and not tag.startswith(TMP_PREFIX) and os.path.isfile(
+        os.path.join(checkpoints_dir(run_dir), tag, META))
 
 
 def find_latest(run_dir: str) -> str | None:
     """The tag named by RUN/checkpoints/latest, if it names a complete checkpoint."""
-    root = checkpoints_dir(run_dir)
-    pointer = os.path.join(root, LATEST)
-    if not os.path.isfile(pointer):
+    tag = latest_name(run_dir)
+    if tag is None:
         return None
-    with open(pointer) as fh:
-        tag = fh.read().strip()
-    if not tag or tag.startswith(TMP_PREFIX) or not os.path.isfile(os.path.join(root, tag, META)):
-        raise CheckpointError(f"{pointer} names '{tag}', which is not a complete checkpoint; "
+    if not is_complete(run_dir, tag):
+        root = checkpoints_dir(run_dir)
+        raise CheckpointError(f"{os.path.join(root, LATEST)} names '{tag}', which is not a complete checkpoint; "
                               f"point it at a folder of {root} that holds {META}, or delete it to start over.")
     return tag
 
@@ -74,42 +82,68 @@ def list_complete(run_dir: str) -> list[str]:
     root = checkpoints_dir(run_dir)
     if not os.path.isdir(root):
         return []
-    return sorted(d for d in os.listdir(root)
-                  if not d.startswith(TMP_PREFIX) and os.path.isfile(os.path.join(root, d, META)))
+    return sorted(d for d in os.listdir(root) if is_complete(run_dir, d))
+
+
+def resume_candidates(run_dir: str) -> list[str]:
+    """Complete checkpoints, newest first, none newer than the one `latest` names (a `latest` moved
+    back by hand is honoured; without `latest`, all complete ones)."""
+    latest = latest_name(run_dir)
+    return [t for t in reversed(list_complete(run_dir)) if not latest or t <= latest]
 
 
 def prune(run_dir: str, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints (never the one `latest` names)."""
-    latest = find_latest(run_dir)
-    for tag in list_complete(run_dir)[:-keep_last]:
-        if tag != latest:
-            shutil.rmtree(os.path.join(checkpoints_dir(run_dir), tag), ignore_errors=True)
+    """Keep the newest `keep_last` complete checkpoints up to `latest`; never touch a newer one
+    (a damaged checkpoint skipped by a resume must not push valid fallbacks out)."""
+    root, latest = checkpoints_dir(run_dir), latest_name(run_dir)
+    done = [t for t in list_complete(run_dir) if latest and t <= latest]
+    for tag in done[:-keep_last]:
+        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+
+
+def remove_stale_tmp(run_dir: str, keep: str | None = None) -> None:
+    """Delete unpublished .tmp-<tag> folders (left by a crash or a failed writer) except `keep`."""
+    root = checkpoints_dir(run_dir)
+    for name in os.listdir(root) if os.path.isdir(root) else []:
+        if name.startswith(TMP_PREFIX) and name != keep:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def publish(run_dir: str, tag: str, meta: dict, keep_last: int) -> str:
+    """Rank 0, once every file of .tmp-<tag> is on disk and listed in meta["files"]: write
+    meta.json, rename the folder to <tag>, move `latest`, prune."""
+    root = checkpoints_dir(run_dir)
+    tmp_dir, final_dir = os.path.join(root, TMP_PREFIX + tag), os.path.join(root, tag)
+    write_atomic(os.path.join(tmp_dir, META), json.dumps(meta, indent=1, sort_keys=True))
+    if os.path.isdir(final_dir):
+        shutil.rmtree(final_dir)
+    os.rename(tmp_dir, final_dir)
+    integrity.fsync_dir(root)
+    write_atomic(os.path.join(root, LATEST), tag)
+    prune(run_dir, keep_last)
+    remove_stale_tmp(run_dir)
+    return final_dir
 
 
 def save_checkpoint(run_dir: str, tag: str, write_parts, meta: dict, keep_last: int) -> str:
-    """Collective: every rank calls it. `write_parts(root, tmp_tag)` writes this rank's files into
-    root/tmp_tag; rank 0 then publishes the folder and moves `latest`."""
+    """Collective, all in the foreground (tools and tests; the trainer overlaps rank 0's part with
+    training, see dvdp_hr.train.checkpointing). `write_parts(root, tmp_tag)` writes this rank's
+    files into root/tmp_tag; files named for no rank belong to rank 0."""
     root = checkpoints_dir(run_dir)
-    tmp_tag = TMP_PREFIX + tag
-    tmp_dir, final_dir = os.path.join(root, tmp_tag), os.path.join(root, tag)
+    tmp_dir = os.path.join(root, TMP_PREFIX + tag)
     rank = current().rank
     if rank == 0:
-        for stale in [d for d in os.listdir(root) if d.startswith(TMP_PREFIX)] if os.path.isdir(root) else []:
-            shutil.rmtree(os.path.join(root, stale), ignore_errors=True)
+        remove_stale_tmp(run_dir)
         os.makedirs(tmp_dir)
     barrier()
-    write_parts(root, tmp_tag)
-    barrier()  # every rank's shards are on disk
+    write_parts(root, TMP_PREFIX + tag)
+    barrier()  # every rank's files are in the folder
+    sealed = gather_all(integrity.seal_all(tmp_dir, integrity.own_files(tmp_dir, rank, current().world_size)))
     if rank == 0:
-        write_atomic(os.path.join(tmp_dir, META), json.dumps(meta, indent=1, sort_keys=True))
-        if os.path.isdir(final_dir):
-            shutil.rmtree(final_dir)
-        os.rename(tmp_dir, final_dir)
-        _fsync_dir(root)
-        write_atomic(os.path.join(root, LATEST), tag)
-        prune(run_dir, keep_last)
+        files = {name: entry for part in sealed for name, entry in part.items() if name != META}
+        publish(run_dir, tag, {**meta, "files": dict(sorted(files.items()))}, keep_last)
     barrier()
-    return final_dir
+    return os.path.join(root, tag)
 
 
 def read_meta(run_dir: str, tag: str) -> dict:

@@ -1,7 +1,8 @@
 """Exact resume: a run SIGKILLed mid-way and rerun with the same command repeats the
 uninterrupted run's per-step losses, stats lines, final weights and final sample grid bit for bit
-(2 ranks, gloo, CPU). SIGTERM checkpoints at the next step boundary and exits with the requeue
-code; what a rerun then does (rejected shards, a new --max-images, a finished run) is checked on it."""
+(2 ranks, gloo, CPU), also when a file of the latest checkpoint is damaged (the previous one is then
+used). SIGTERM checkpoints at the next step boundary and exits with the requeue code; what a rerun
+then does (rejected shards, a new --max-images, a finished run) is checked on it."""
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from launch import REPO, TINY_CONFIG, launch_env, run_checked, train_cmd
 
 MAX_IMAGES, EVERY = 480, 128
 OVERRIDES = ["logging.every_steps=4", "logging.progress=false", "logging.sample_every_images=0",
-             "logging.sample_count=2", "logging.sample_steps=3"]
+             "logging.sample_count=2", "logging.sample_steps=3", "checkpoint.keep_last=3"]
 
 
 def _stats(run_dir) -> list[dict]:
@@ -83,20 +84,47 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(uninterrupted, tiny_shards,
     assert not (run_dir / "status.json").exists()
     done_before_kill = len(_losses(run_dir)) if (run_dir / "loss.jsonl").exists() else 0
     assert int(first[3:]) < MAX_IMAGES and done_before_kill < len(_losses(uninterrupted))
+    assert (run_dir / "lock").exists()  # left by the killed attempt
     resumed = run_checked(cmd)  # the same command resumes
-    assert json.load(open(run_dir / "status.json"))["state"] == "finished"
     assert resumed.stdout.count("resuming from checkpoint img") == 1, resumed.stdout[-2000:]
-    assert _losses(run_dir) == _losses(uninterrupted)
-    assert _stats(run_dir) == _stats(uninterrupted)  # per-stage loss windows survive the kill
-    final = (run_dir / "samples" / "final.png").read_bytes()
-    assert final == (uninterrupted / "samples" / "final.png").read_bytes()
-    killed, reference = _final_weights(run_dir, tmp_path, "killed"), _final_weights(uninterrupted, tmp_path, "ref")
-    assert killed.keys() == reference.keys()
-    for name in reference:
-        assert torch.equal(killed[name], reference[name]), name
+    assert "taking over the stale run lock" in resumed.stdout and "is gone" in resumed.stdout
+    _same_as_uninterrupted(run_dir, uninterrupted, tmp_path)  # per-stage loss windows survive the kill too
     wandb_ids = {json.load(open(run_dir / "checkpoints" / t / "meta.json"))["wandb_id"]
                  for t in os.listdir(run_dir / "checkpoints") if t.startswith("img")}
     assert len(wandb_ids) == 1 and None not in wandb_ids  # the resumed run continued the wandb run
+
+
+def _same_as_uninterrupted(run_dir, uninterrupted, tmp_path) -> None:
+    assert json.load(open(run_dir / "status.json"))["state"] == "finished"
+    assert _losses(run_dir) == _losses(uninterrupted)
+    assert _stats(run_dir) == _stats(uninterrupted)
+    final = (run_dir / "samples" / "final.png").read_bytes()
+    assert final == (uninterrupted / "samples" / "final.png").read_bytes()
+    resumed, reference = _final_weights(run_dir, tmp_path, "resumed"), _final_weights(uninterrupted, tmp_path, "ref")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
+
+
+@pytest.mark.slow
+def test_a_truncated_file_in_the_latest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tiny_shards,
+                                                                                   tmp_path):
+    """The uninterrupted run as it stood after publishing its next-to-last checkpoint (killed right
+    then: the resume cuts the log lines past it), with one rank's optimizer shard of it cut short."""
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(uninterrupted, run_dir)
+    checkpoints = run_dir / "checkpoints"
+    previous, latest, final = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("img"))
+    shutil.rmtree(checkpoints / final)
+    (checkpoints / "latest").write_text(latest)
+    shard = checkpoints / latest / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    rerun = run_checked(train_cmd(run_dir, tiny_shards, MAX_IMAGES, EVERY, *OVERRIDES))
+    assert (f"warning: checkpoint {latest} failed verification (zero_pp_rank_1_mp_rank_00_optim_states.pt: "
+            f"{len(data) // 2} bytes, {len(data)} recorded") in rerun.stderr, rerun.stderr[-3000:]
+    assert f"resuming from checkpoint {previous}: {int(previous[3:])} images" in rerun.stdout
+    _same_as_uninterrupted(run_dir, uninterrupted, tmp_path)
 
 
 @pytest.mark.slow
@@ -151,6 +179,11 @@ def test_sigterm_checkpoints_and_exits_with_requeue_code_then_reruns(tiny_shards
     assert status["state"] == "requeue" and latest != first and latest == f"img{status['images']:012d}"
     assert _losses(run_dir)[-1]["step"] == status["step"]
     assert f"stop signal received: checkpoint {latest} saved, exiting with 75 (requeue)" in out
+    checkpoints = run_dir / "checkpoints"
+    assert (checkpoints / latest / "raw.safetensors").is_file()  # a stop checkpoint has the raw weights,
+    assert not any((checkpoints / t / "raw.safetensors").exists()  # the ones before it do not (default)
+                   for t in os.listdir(checkpoints) if t.startswith("img") and t != latest)
+    assert not (run_dir / "lock").exists()
 
     # a shard set the data streams cannot continue on: a clean config error, config.yaml untouched
     config_before = (run_dir / "config.yaml").read_text()
