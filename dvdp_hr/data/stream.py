@@ -120,9 +120,11 @@ class StageStream:
         num_workers: int = 0,
         shuffle_buffer: int = 1000,
         flip: bool = True,
+        pin_memory: bool = False,
     ):
         _check_args(resolution, batch_size, seed, rank, world_size, num_workers, shuffle_buffer)
         self.num_workers = num_workers
+        self.pin_memory = pin_memory  # page-locked batches: the trainer's device copy does not block
         self.config = StreamConfig(
             tuple(url_list(urls)),
             resolution,
@@ -158,6 +160,7 @@ class StageStream:
         # RNG at the first next(), shifting the trainer's dropout stream after a resume.
         return iter(
             DataLoader(dataset, batch_size=None, num_workers=self.num_workers, in_order=True,
+                       pin_memory=self.pin_memory,
                        generator=torch.Generator().manual_seed(self.config.seed))
         )
 

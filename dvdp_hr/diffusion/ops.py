@@ -56,6 +56,8 @@ def _identical(a, b) -> bool:
 
 
 # Coefficients (float64 schedule tables, per-sample [B] or scalar) cast to x's dtype/device, broadcastable.
+# The host-to-device copy does not block: a small pageable source is staged at once, so the host
+# never waits for the device's queue here.
 def per_sample(a, x: torch.Tensor) -> torch.Tensor:
-    a = torch.as_tensor(a).to(dtype=x.dtype, device=x.device)
+    a = torch.as_tensor(a).to(dtype=x.dtype).to(device=x.device, non_blocking=True)
     return a.reshape(-1, *([1] * (x.dim() - 1))) if a.dim() == 1 else a

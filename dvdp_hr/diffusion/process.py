@@ -164,4 +164,4 @@ def training_loss(schedule: DVDPSchedule, output: torch.Tensor, x0_pixel: torch.
     err = (x0_hat - x0_stage).pow(2).flatten(1).mean(1) * 4.0**k
     t = batch_timesteps(t, output.shape[0])
     weight = (schedule.abar[t] / (1 - schedule.abar[t])).clamp(max=snr_gamma)
-    return err * weight.to(err.device, err.dtype)
+    return err * ops.per_sample(weight, err)

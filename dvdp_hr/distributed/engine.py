@@ -4,20 +4,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from datetime import timedelta
 from typing import Iterator
 
 import deepspeed
 import torch
 from deepspeed.utils import safe_get_full_fp32_param
 
+from dvdp_hr.distributed.fragment import Fragment
+
 # DeepSpeed logs every checkpoint file it writes at INFO; keep the console for our own progress.
 logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
-def init_distributed() -> None:
-    """Join the process group described by RANK/WORLD_SIZE/MASTER_* (gloo on CPU, nccl on GPUs)."""
+def init_distributed(timeout_minutes: float = 30.0) -> None:
+    """Join the process group described by RANK/WORLD_SIZE/MASTER_* (gloo on CPU, nccl on GPUs).
+    A collective that waits longer than `timeout_minutes` fails the job instead of idling every GPU."""
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(verbose=False)
+        deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
+
+
+def _zero12_fragment(name: str, param) -> Fragment | None:
+    mapping = getattr(param, "_hp_mapping", None)
+    if mapping is None:
+        return None  # no element of this parameter lives in this rank's partition
+    return Fragment(name, mapping.lp_fragment_address.start, mapping.hp_fragment)
+
+
+def _zero3_fragment(name: str, param, rank: int) -> Fragment | None:
+    local = param._z3_optimizer.get_local_fp32_param(param)
+    start = rank * param.ds_tensor.ds_numel  # equal-size partitions, the last one padded
+    valid = min(local.numel(), param.ds_numel - start)
+    return Fragment(name, start, local.narrow(0, 0, valid)) if valid > 0 else None
 
 
 class Engine:
@@ -45,9 +63,10 @@ class Engine:
         self.ds.set_gradient_accumulation_boundary(boundary)
         self.ds.backward(loss, scale_wrt_gas=False)
 
-    def step(self, group_lrs: list[float]) -> float:
+    def step(self, group_lrs: list[float]) -> torch.Tensor:
         """Optimizer step with one learning rate per parameter group (in the order given at
-        construction); returns the global grad norm (inf/nan: DeepSpeed skipped the step)."""
+        construction); returns the global grad norm as a device scalar (inf/nan: DeepSpeed skipped
+        the step), without reading it on the host."""
         groups = self.ds.optimizer.param_groups
         if len(groups) != len(group_lrs):
             raise RuntimeError(f"{len(group_lrs)} learning rates for {len(groups)} parameter groups")
@@ -55,7 +74,10 @@ class Engine:
             group["lr"] = lr
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        return float("nan") if norm is None else float(norm)
+        if isinstance(norm, torch.Tensor):
+            return norm.detach().reshape(())
+        # a Python number (inf after an overflow, or None when not computed): a fill kernel, no copy
+        return torch.full((), float("nan") if norm is None else float(norm), device=self.device)
 
     @contextlib.contextmanager
     def gathered(self, params):
@@ -79,6 +101,22 @@ class Engine:
                 raise RuntimeError(f"DeepSpeed holds no fp32 master copy of trained parameter {name!r} "
                                    f"(ZeRO stage {self.zero_stage}); is it in an optimizer parameter group?")
             yield name, value
+
+    def local_master_fragments(self) -> list[Fragment]:
+        """This rank's fp32 master slices of the trained parameters, in module order; no
+        communication. Views stay valid across steps; fetch them again after `load`."""
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        fragments = []
+        for name, param in self.ds.module.named_parameters():
+            if not param.requires_grad:
+                continue
+            if self.zero_stage == 3:
+                fragment = _zero3_fragment(name, param, rank)
+            else:
+                fragment = _zero12_fragment(name, param)
+            if fragment is not None:
+                fragments.append(fragment)
+        return fragments
 
     def full_state_dict(self, keep: bool) -> dict[str, torch.Tensor] | None:
         """The whole model as fp32 CPU tensors: trained parameters from the fp32 masters, frozen

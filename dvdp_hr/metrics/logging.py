@@ -18,16 +18,36 @@ STATS = "stats.jsonl"
 LOSSES = "loss.jsonl"
 
 
-def truncate_jsonl(path: str, last_step: int) -> None:
-    """Drop lines logged after `last_step` (steps that a resumed run is about to redo)."""
+def truncate_jsonl(path: str, last_step: int, block: int = 1 << 16) -> None:
+    """Cut the records logged after `last_step` (steps a resumed run is about to redo) by truncating
+    the file in place: records are appended in step order, so only the tail is read, never the
+    whole log, and nothing before the cut is rewritten. A line cut short by a kill goes too."""
     if not os.path.isfile(path):
         return
-    with open(path) as fh:
-        kept = [line for line in fh if _step_of(line) <= last_step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.writelines(kept)
-    os.replace(tmp, path)
+    with open(path, "rb+") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        cut = _cut_position(fh, end, last_step, block)
+        if cut < end:
+            fh.truncate(cut)
+
+
+def _cut_position(fh, end: int, last_step: int, block: int) -> int:
+    """Byte offset just after the last complete line whose step is <= last_step (0 if none)."""
+    pos = end
+    while True:
+        pos = max(0, pos - block)
+        fh.seek(pos)
+        lines = fh.read(end - pos).split(b"\n")
+        # the last piece follows the last newline (a partial line, or b""); the first piece is
+        # only known to be whole when it starts the file
+        starts = [pos]
+        for line in lines[:-1]:
+            starts.append(starts[-1] + len(line) + 1)
+        for i in range(len(lines) - 2, -1 if pos == 0 else 0, -1):
+            if _step_of(lines[i].decode(errors="replace")) <= last_step:
+                return starts[i + 1]
+        if pos == 0:
+            return 0
 
 
 def _step_of(line: str) -> float:

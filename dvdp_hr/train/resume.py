@@ -10,7 +10,7 @@ from dvdp_hr.train.confutil import ConfigError
 # and checkpoint cadence may change between resumes.
 FROZEN_KEYS = ("schedule", "model", "data.num_workers", "data.shuffle_buffer", "data.flip", "train.seed",
                "train.stages", "train.stage_weights", "train.micro_batch", "train.zero_stage", "train.precision",
-               "ema.decays")
+               "ema.decays", "ema.halflife_images")
 
 
 def _lookup(tree: dict, dotted: str):

@@ -42,7 +42,7 @@ def make_streams(cfg, schedule, rank: int, world_size: int) -> dict:
         streams[k] = StageStream(stage_urls(cfg.data.shards, res), res, cfg.train.micro_batch[k],
                                  seed=cfg.train.seed + 1000 * k, rank=rank, world_size=world_size,
                                  num_workers=workers_for_stage(cfg, k), shuffle_buffer=cfg.data.shuffle_buffer,
-                                 flip=cfg.data.flip)
+                                 flip=cfg.data.flip, pin_memory=torch.cuda.is_available())
     return streams
 
 

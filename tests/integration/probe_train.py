@@ -34,8 +34,8 @@ def main() -> int:
     params = list(trainer.engine.module.parameters())
     with trainer.engine.gathered(params):
         raw = {n: p.detach().float().clone().contiguous() for n, p in trainer.engine.module.named_parameters()}
+    model = trainer.ema.materialize()  # collective: every rank takes part
     if trainer.env.rank == 0:
-        model = trainer.ema.models[trainer.ema.decays[0]]
         save_file(ema_outputs(model, trainer.schedule), os.path.join(run_dir, "probe_ema_outputs.safetensors"))
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   os.path.join(run_dir, "probe_ema_weights.safetensors"))

@@ -12,6 +12,7 @@ from dvdp_hr.distributed import checkpoint as ckpt
 from dvdp_hr.export import ExportError, export, read_export_info
 from dvdp_hr.train.config import load_config
 from dvdp_hr.train.ema import EMA
+from dvdp_hr.distributed.fragment import ModuleMasters
 from dvdp_hr.train.setup import build_model, build_schedule
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny_cpu.yaml")
@@ -21,10 +22,10 @@ def fake_run(run_dir, overrides=(), seed=0, images=64):
     """A run folder with one complete checkpoint holding EMA weights (what the trainer writes)."""
     cfg = load_config(TINY, [f"train.seed={seed}", *overrides])
     model = build_model(cfg, build_schedule(cfg))
-    ema = EMA(model, cfg.ema.decays)
+    ema = EMA(model, cfg.ema.decays).attach(ModuleMasters(build_model(cfg, build_schedule(cfg))))
     os.makedirs(ckpt.checkpoints_dir(str(run_dir)), exist_ok=True)
     meta = {"counters": {"images": images}, "world_size": 1, "config": cfg.to_dict(),
-            "ema_decays": ema.decays, "trained_stages": cfg.trained_stages()}
+            "ema_decays": ema.labels, "trained_stages": cfg.trained_stages()}
     ckpt.save_checkpoint(str(run_dir), ckpt.make_tag(images), lambda root, tag: ema.save(os.path.join(root, tag)),
                          meta, keep_last=2)
     return ema
@@ -45,7 +46,7 @@ def test_export_reloads_to_the_ema_model(tmp_path):
     model, schedule = dvdp_hr.load_pretrained(str(out))
     assert schedule.turning_points == [300, 600] and schedule.resolution == 64
     with torch.no_grad():
-        for a, b in zip(_probe(model, schedule), _probe(ema.models[0.99], schedule)):
+        for a, b in zip(_probe(model, schedule), _probe(ema.materialize(0.99), schedule)):
             assert torch.equal(a, b)
     export([str(tmp_path / "run")], str(tmp_path / "slow.safetensors"), decay=0.999)
     with pytest.raises(ExportError, match="EMA decays"):
@@ -85,7 +86,7 @@ def test_per_stage_runs_combine_only_when_compatible_and_disjoint(tmp_path):
     merged = model.state_dict()
     for name, value in merged.items():
         source = a if name.startswith("networks.0.") else b
-        assert torch.equal(value, source.models[0.99].state_dict()[name]), name
+        assert torch.equal(value, source.full_state(0.99)[name]), name
     with pytest.raises(ExportError, match="disjoint"):
         export([str(tmp_path / "a"), str(tmp_path / "a")], str(tmp_path / "x.safetensors"))
     fake_run(tmp_path / "c", [*per_stage, "train.stages=[1]"])
