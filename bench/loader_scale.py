@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=70_000)
     p.add_argument("--num-shards", type=int, default=768, help="make_shards --num-shards (the README recipe)")
     p.add_argument("--old-num-shards", type=int, default=70, help="the old recipe: --shard-size 1000")
-    p.add_argument("--shuffle-buffer", type=int, default=2000, help="data.shuffle_buffer (configs/ffhq1024.yaml)")
+    p.add_argument("--shuffle-buffer", type=int, default=128, help="data.shuffle_buffer (configs/ffhq1024.yaml)")
     p.add_argument("--mean-png-mb", type=float, default=1.3)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)

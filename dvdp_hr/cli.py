@@ -1,4 +1,4 @@
-"""`dvdp-hr {train,plan,export,sample,make-shards,demo}`: parse -> config -> run.
+"""`dvdp-hr {train,plan,export,sample,fid,ref-stats,swd,stage-metrics,make-shards,submit,demo}`: parse -> config -> run.
 
 Exit codes: 0 done, 2 bad config or input, 75 checkpointed after SIGTERM/SIGUSR1/SIGUSR2 (requeue).
 """
@@ -10,6 +10,7 @@ import sys
 
 from dvdp_hr.distributed.checkpoint import CheckpointError
 from dvdp_hr.export import ExportError
+from dvdp_hr.metrics.errors import EvaluationError
 from dvdp_hr.train.confutil import ConfigError
 
 CONFIG_ERROR_EXIT = 2
@@ -38,15 +39,19 @@ def _load(args, run_dir: str | None = None):
 
 
 def cmd_train(args) -> int:
-    cfg = _load(args, args.run_dir)
     if args.dry_run:
-        return _print_plan(cfg, with_config=True)
+        return _print_plan(_load(args, args.run_dir), with_config=True)
     if not args.run_dir:
         raise ConfigError("--run-dir is required to train (checkpoints, logs and samples go there).")
-    from dvdp_hr.train.loop import train
+    from dvdp_hr.distributed.status import Attempt
 
     os.makedirs(args.run_dir, exist_ok=True)
-    return train(cfg, args.run_dir)
+    # RUN/status.json: "running" now, then finished / requeue / failed (with the exception or exit code)
+    with Attempt(args.run_dir) as attempt:
+        cfg = _load(args, args.run_dir)
+        from dvdp_hr.train.loop import train
+
+        return attempt.done(train(cfg, args.run_dir))
 
 
 def _print_plan(cfg, with_config: bool) -> int:
@@ -76,18 +81,89 @@ def cmd_export(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from dvdp_hr.train.samples import sample_grid
+    from dvdp_hr.sampling.run import SampleJob, run_sample
 
-    path = sample_grid(args.model, args.out, count=args.count, seed_start=args.seed_start, steps=args.steps,
-                       method=args.method, checkpoint=args.checkpoint)
-    print(f"wrote {path}")
+    seeds = args.seeds or f"{args.seed_start}-{args.seed_start + args.count - 1}"
+    if args.outdir is None and args.seeds is None and args.count < 1:
+        raise ConfigError("--count must be at least 1")
+    return run_sample(SampleJob(
+        model=args.model, seeds=seeds, outdir=args.outdir, out=args.out, batch=args.batch, steps=args.steps,
+        method=args.method, eta=args.eta, precision=args.precision, shard_size=args.shards,
+        checkpoint=args.checkpoint, device=args.device, progress_seconds=args.progress_seconds, grid=args.grid,
+        variance_correction=args.variance_correction))
+
+
+def cmd_fid(args) -> int:
+    from dvdp_hr.metrics.evaluate import run_fid
+
+    run_fid(args.images, args.ref, inception=args.inception, batch=args.batch, workers=args.workers,
+            kid=not args.no_kid, kid_seed=args.kid_seed, out_json=args.json, device=args.device,
+            resolution=args.resolution)
     return 0
+
+
+def cmd_ref_stats(args) -> int:
+    from dvdp_hr.metrics.evaluate import run_ref_stats
+
+    run_ref_stats(args.shards, args.out, resolution=args.resolution, inception=args.inception, batch=args.batch,
+                  workers=args.workers, kid=args.kid, device=args.device)
+    return 0
+
+
+def _swd_config(args):
+    from dvdp_hr.metrics.swd import SWDConfig
+
+    return SWDConfig(patch=args.patch, per_image=args.per_image, directions=args.directions, repeats=args.repeats,
+                     min_resolution=args.min_resolution, seed=args.swd_seed)
+
+
+def cmd_swd(args) -> int:
+    from dvdp_hr.metrics.diagnose import run_swd
+
+    run_swd(args.images, args.ref_images, args.count, _swd_config(args), batch=args.batch,
+            resolution=args.resolution, out_json=args.json)
+    return 0
+
+
+def cmd_stage_metrics(args) -> int:
+    from dvdp_hr.metrics.diagnose import run_stage_metrics
+
+    run_stage_metrics(args.model, args.data, args.count, steps=args.steps, method=args.method, eta=args.eta,
+                      batch=args.batch, precision=args.precision, device=args.device, cfg=_swd_config(args),
+                      seed_start=args.seed_start, checkpoint=args.checkpoint, out_json=args.json)
+    return 0
+
+
+def _swd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--count", type=int, default=1000, help="images per side")
+    p.add_argument("--patch", type=int, default=7, help="neighbourhood size (ProGAN: 7)")
+    p.add_argument("--per-image", type=int, default=128, help="descriptors per image per level (ProGAN: 128)")
+    p.add_argument("--directions", type=int, default=128, help="projections per repeat (ProGAN: 128)")
+    p.add_argument("--repeats", type=int, default=4, help="ProGAN: 4 (512 projections in all)")
+    p.add_argument("--min-resolution", type=int, default=16, help="coarsest pyramid level")
+    p.add_argument("--swd-seed", type=int, default=0)
+    p.add_argument("--json", help="also write the result here")
+
+
+def _feature_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resolution", type=int, help="which set of a make_shards folder (default: the largest)")
+    p.add_argument("--inception", help="inception-2015-12-05.pt (default: $DVDP_INCEPTION, then "
+                                       "/tmp/inception-2015-12-05.pt)")
+    p.add_argument("--batch", type=int, default=32, help="images per Inception call (32: clean-fid's batches)")
+    p.add_argument("--workers", type=int, default=4, help="decode/resize processes per rank")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
 
 
 def cmd_demo(args) -> int:
     from dvdp_hr.train.demo import run_demo
 
     return run_demo(args.run_dir, max_images=args.max_images)
+
+
+def cmd_submit(args) -> int:
+    from dvdp_hr.launch.submit import cmd_submit as submit
+
+    return submit(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,20 +184,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", action="append", required=True, help="repeat to combine per-stage runs")
     p.add_argument("--checkpoint", help="checkpoint tag (default: latest)")
     p.add_argument("--raw", action="store_true", help="raw (ZeRO-consolidated) weights instead of EMA")
-    p.add_argument("--ema-decay", type=float, help="which EMA (default: the first in ema.decays)")
+    p.add_argument("--ema-decay", help="which EMA: a decay (0.9999) or a half-life label (hl500000); "
+                                       "default: the run's first")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("sample", help="PNG grid from an export file or a run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("sample", help="PNG per seed into a folder (all ranks, resumable), or one PNG grid",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Folder mode (--outdir): one PNG per seed (seedNNNNNN.png) drawn by every rank of "
+                                   "torchrun/srun/submitit; rerun the same command to complete a killed run. Grid mode "
+                                   "(--out): one PNG grid. Image i depends on seed i only (any GPU count).")
     p.add_argument("--model", required=True, help="model.safetensors or RUN dir")
-    p.add_argument("--out", required=True)
-    p.add_argument("--count", type=int, default=16)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--outdir", help="folder for seedNNNNNN.png (+ samples.json, optional shards)")
+    where.add_argument("--out", help="one PNG grid")
+    p.add_argument("--seeds", help="e.g. 0-49999 or 0-9,20 (default for a grid: --seed-start, --count)")
+    p.add_argument("--count", type=int, default=16, help="grid images (without --seeds)")
     p.add_argument("--seed-start", type=int, default=0)
+    p.add_argument("--batch", type=int, help="images per denoiser call (default: by resolution, 8 at 1024 in bf16)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--method", choices=("ddim", "ancestral"), default="ddim")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ancestral is eta=1)")
+    p.add_argument("--grid", help="step grid: uniform or logsnr (default: the model's schedule.sampling_grid), "
+                                  "or descending times such as 1000,750,500,250,0 (then --steps is ignored)")
+    p.add_argument("--variance-correction", action="store_true",
+                   help="short-ramp variance correction (dvdp-math.md s7) with the band variances of the "
+                        "model's config (schedule.band_stats.sigma_perp2)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="denoiser autocast (the sampler state stays fp32); auto: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--shards", type=int, default=0, metavar="N",
+                   help="pack every N seeds into shard-NNNNNN.tar once drawn (and remove those PNGs); 0: PNGs only")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--progress-seconds", type=float, default=30.0, help="seconds between progress lines")
     p.add_argument("--checkpoint", help="tag, when --model is a run dir")
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("fid", help="FID (and KID) of a sample folder or shards vs reference stats, on all ranks",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="clean-fid's clean-mode FID from float64 sums all-reduced over the ranks: the "
+                                   "same score for any GPU count. KID when STATS_kid.npz lies beside --ref.")
+    p.add_argument("--images", required=True,
+                   help="dvdp-hr sample folder, image folder, tar shards, make_shards folder")
+    p.add_argument("--ref", required=True, help="STATS.npz (mu, sigma: dvdp-hr ref-stats or clean-fid's)")
+    p.add_argument("--no-kid", action="store_true", help="skip KID (it gathers every feature on rank 0)")
+    p.add_argument("--kid-seed", type=int, default=0, help="numpy seed of KID's random subsets")
+    p.add_argument("--json", help="also write the result here")
+    _feature_args(p)
+    p.set_defaults(func=cmd_fid)
+    p = sub.add_parser("ref-stats", help="clean-fid-format reference statistics (mu, sigma) of a shard set",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--shards", required=True, help="make_shards folder (or any folder fid --images takes)")
+    p.add_argument("--out", required=True, help="STATS.npz")
+    p.add_argument("--kid", action="store_true", help="also STATS_kid.npz with every feature (KID reference)")
+    _feature_args(p)
+    p.set_defaults(func=cmd_ref_stats)
+    p = sub.add_parser("swd", help="multi-scale sliced Wasserstein distance (ProGAN) of two image sources; no weights",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--images", required=True, help="sample folder, image folder, tar shards or make_shards folder")
+    p.add_argument("--ref-images", required=True, help="the same kinds; the first --count images are used")
+    p.add_argument("--resolution", type=int, help="which set of a make_shards folder (default: the largest)")
+    p.add_argument("--batch", type=int, default=32)
+    _swd_args(p)
+    p.set_defaults(func=cmd_swd)
+    p = sub.add_parser("stage-metrics", help="per-stage SWD: each stage's state as it ends vs the data at that stage",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="model.safetensors or RUN dir")
+    p.add_argument("--data", required=True, help="make_shards folder (full-resolution set) or image folder")
+    p.add_argument("--seed-start", type=int, default=0)
+    p.add_argument("--batch", type=int, help="images per denoiser call (default: by resolution)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--method", choices=("ddim", "ancestral"), default="ddim")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--checkpoint", help="tag, when --model is a run dir")
+    _swd_args(p)
+    p.set_defaults(func=cmd_stage_metrics)
     sub.add_parser("make-shards", help="data_tools/make_shards.py (same arguments; see make-shards --help)")
+    p = sub.add_parser("submit", help="run train/sample/fid as a submitit job (Slurm when srun exists, else local), "
+                                      "requeued on time-out and preemption",
+                       description="dvdp-hr submit [--cluster C] [--launch KEY=VALUE ...] {train,sample,fid} ARGS...: "
+                                   "the same ARGS as the command itself; the job is sized by the config's launch: "
+                                   "section. Prints the job id and log paths.")
+    p.add_argument("--cluster", choices=("auto", "slurm", "local"), default="auto",
+                   help="auto: Slurm when srun is installed, else local processes")
+    p.add_argument("--folder", help="submitit's logs and job files (default: RUN/submitit)")
+    p.add_argument("--launch", action="append", default=[], metavar="KEY=VALUE",
+                   help="launch-section override, e.g. --launch partition=gpu --launch nodes=2 (repeatable)")
+    p.add_argument("--wait", action="store_true", help="block until the job ends and print its result")
+    p.add_argument("what", choices=("train", "sample", "fid"), help="the dvdp-hr command to run in the job")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments (--config, --run-dir, key=value, ...)")
+    p.set_defaults(func=cmd_submit)
     p = sub.add_parser("demo", help="tiny end-to-end run on CPU: images -> shards -> train -> samples")
     p.add_argument("--run-dir", default="runs/demo")
     p.add_argument("--max-images", type=int, default=6000)
@@ -138,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ExportError, CheckpointError) as err:
+    except (ConfigError, ExportError, CheckpointError, EvaluationError) as err:
         print(f"dvdp-hr {args.command}: error: {err}", file=sys.stderr)
         return CONFIG_ERROR_EXIT
 

@@ -16,8 +16,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-FORMAT = "dvdp_hr.export/1"
+# /2 (issue 11): model.prediction "v" is the unit-scale v of dvdp-math.md s11; a /1 file's "v" is
+# read as "v_orthonormal", the definition it was trained with.
+FORMAT = "dvdp_hr.export/2"
+LEGACY_FORMATS = ("dvdp_hr.export/1",)
 SCHEDULE_KEYS = ("resolution", "root_resolution", "num_steps", "turning_points", "beta_schedule", "ramp")
+OPTIONAL_SCHEDULE_KEYS = ("shift_base", "sampling_grid")  # absent in configs written before issue 11
 
 
 class ExportError(ValueError):
@@ -25,7 +29,14 @@ class ExportError(ValueError):
 
 
 def schedule_dict(cfg_dict: dict) -> dict:
-    return {k: cfg_dict["schedule"][k] for k in SCHEDULE_KEYS}
+    schedule = cfg_dict["schedule"]
+    return {k: schedule[k] for k in (*SCHEDULE_KEYS, *OPTIONAL_SCHEDULE_KEYS) if k in schedule}
+
+
+def band_variances_of(cfg_dict: dict) -> list | None:
+    """schedule.band_stats.sigma_perp2 of a run's config (the sampler's variance correction), or None."""
+    band = cfg_dict["schedule"].get("band_stats") or {}
+    return list(band["sigma_perp2"]) if band.get("sigma_perp2") else None
 
 
 def build_from_dicts(model_dict: dict, sched_dict: dict, meta_device: bool = False):
@@ -82,10 +93,12 @@ def collect_run(run_dir: str, tag: str | None = None, raw: bool = False, decay: 
         raise ExportError(f"{run_dir} has no complete checkpoint (RUN/checkpoints/latest missing).")
     meta = read_meta(run_dir, tag)
     state, weights = _run_weights(run_dir, tag, meta, raw, decay)
-    cfg = meta["config"]
+    from dvdp_hr.train.config import upgrade_legacy_tree
+
+    cfg = upgrade_legacy_tree(meta["config"])  # a run from before issue 11 keeps its v
     return {"run_dir": os.path.abspath(run_dir), "tag": tag, "weights": weights, "state": state,
             "model": cfg["model"], "schedule": schedule_dict(cfg), "stages": meta["trained_stages"],
-            "images": meta["counters"]["images"]}
+            "images": meta["counters"]["images"], "band_variances": band_variances_of(cfg)}
 
 
 def _check_compatible(runs: list[dict]) -> None:
@@ -138,6 +151,7 @@ def export(run_dirs: list[str], out: str, tag: str | None = None, raw: bool = Fa
     runs = [collect_run(d, tag, raw, decay) for d in run_dirs]
     state = {k: v.detach().float().contiguous() for k, v in merge_runs(runs).items()}
     info = {"format": FORMAT, "model": runs[0]["model"], "schedule": runs[0]["schedule"],
+            "band_variances": runs[0]["band_variances"],
             "sources": [{k: r[k] for k in ("run_dir", "tag", "weights", "stages", "images")} for r in runs]}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_file(state, out, metadata={"format": FORMAT, "dvdp_hr": json.dumps(info)})
@@ -159,10 +173,26 @@ def read_export_info(path: str) -> dict:
     except Exception as err:  # safetensors raises its own error types for foreign files
         raise ExportError(f"{path} is not a dvdp_hr export (not a safetensors file: {err}). "
                           f"Create one with `dvdp-hr export --run-dir RUN --out model.safetensors`.") from None
-    if metadata.get("format") != FORMAT or "dvdp_hr" not in metadata:
+    if metadata.get("format") not in (FORMAT, *LEGACY_FORMATS) or "dvdp_hr" not in metadata:
         raise ExportError(f"{path} is a safetensors file but not a dvdp_hr export (metadata format "
                           f"{metadata.get('format')!r}, expected {FORMAT!r}).")
-    return json.loads(metadata["dvdp_hr"])
+    info = json.loads(metadata["dvdp_hr"])
+    if metadata["format"] in LEGACY_FORMATS and info["model"].get("prediction") == "v":
+        info["model"] = dict(info["model"], prediction="v_orthonormal")
+    return info
+
+
+def read_band_variances(model_path: str, checkpoint: str | None = None) -> list | None:
+    """Band variances sigma_perp^2 from a model's config (export file or run directory), for
+    `sample(..., variance_correction=...)`; None when the config has no band statistics."""
+    if os.path.isdir(model_path):
+        from dvdp_hr.distributed.checkpoint import find_latest, read_meta
+
+        tag = checkpoint or find_latest(model_path)
+        if tag is None:
+            raise ExportError(f"{model_path} has no complete checkpoint (RUN/checkpoints/latest missing).")
+        return band_variances_of(read_meta(model_path, tag)["config"])
+    return read_export_info(model_path).get("band_variances")
 
 
 def load_pretrained(path: str, device: str | torch.device = "cpu"):

@@ -10,6 +10,7 @@ num_workers=0 reads in the calling process and is the same stream as num_workers
 
 import hashlib
 import logging
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
@@ -106,6 +107,15 @@ class _WorkerBatches(IterableDataset):
         return worker_batches(self.config, worker, self.positions[worker], self.corrupt[worker])
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers ignore the stop signals. SLURM signals every process of a job step, workers
+    included: a worker that died of SIGTERM/SIGUSR1 would make the trainer's DataLoader raise in
+    the middle of a step, before the collective checkpoint the signal asks for. The trainer
+    checkpoints and exits; its workers then end with it."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class StageStream:
     """Infinite stream of [batch_size, 3, resolution, resolution] float32 batches in [-1, 1]."""
 
@@ -160,7 +170,7 @@ class StageStream:
         # RNG at the first next(), shifting the trainer's dropout stream after a resume.
         return iter(
             DataLoader(dataset, batch_size=None, num_workers=self.num_workers, in_order=True,
-                       pin_memory=self.pin_memory,
+                       pin_memory=self.pin_memory, worker_init_fn=ignore_stop_signals,
                        generator=torch.Generator().manual_seed(self.config.seed))
         )
 

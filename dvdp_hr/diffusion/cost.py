@@ -1,9 +1,9 @@
 """Cost model and the band-SNR turning-point rule (dvdp-math.md s8)."""
 from typing import Sequence
 
-from .sampler import step_grid
-from .schedule import DVDPSchedule, pyramid_levels
-from .betas import BETA_SCHEDULES, cumulative_alphas
+from .betas import global_abar
+from .grid import step_grid
+from .schedule import DVDPSchedule, pyramid_levels, schedule_shift
 
 
 # dvdp-math.md s8: sum over denoiser calls of (r_k / r_0)^2, divided by the number of calls
@@ -20,18 +20,17 @@ def band_snr(abar_t: float, band_variance: float) -> float:
 
 def propose_turning_points(resolution: int, root_resolution: int, band_variances: Sequence[float],
                            num_steps: int = 1000, beta_schedule: str = "cosine",
-                           threshold: float = 0.03) -> list[int]:
+                           threshold: float = 0.03, shift_base: int | None = None) -> list[int]:
     """First t at which each removed band's SNR drops below threshold (dvdp-math.md s8).
 
     band_variances[k]: per-coordinate variance of Q'z0 at stage k in orthonormal units (4^k times the
     pixel-unit variance, data_tools/band_stats.py), k = 0 .. K-1. Points are made strictly increasing.
+    Works on any named schedule: the band SNR is read from that schedule's abar_t (shifted ones included).
     """
     levels = pyramid_levels(resolution, root_resolution)
     if len(band_variances) != levels:
         raise ValueError(f"band_variances needs {levels} entries (one per stage boundary), got {len(band_variances)}")
-    if beta_schedule not in BETA_SCHEDULES:
-        raise ValueError(f"beta_schedule must be one of {sorted(BETA_SCHEDULES)}, got {beta_schedule!r}")
-    _, _, abar = cumulative_alphas(BETA_SCHEDULES[beta_schedule](num_steps))
+    abar = global_abar(beta_schedule, num_steps, schedule_shift(beta_schedule, resolution, root_resolution, shift_base))
     points, previous = [], 0
     for variance in band_variances:
         t = next((t for t in range(1, num_steps) if band_snr(float(abar[t]), variance) < threshold), num_steps - 1)

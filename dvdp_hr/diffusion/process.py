@@ -1,4 +1,5 @@
-"""Kernels, posterior, turning points and prediction conversions (dvdp-math.md s3-s6).
+"""Kernels, posterior and turning points (dvdp-math.md s3-s5); prediction conversions live in
+prediction.py, the training loss in loss.py.
 
 Every function works in the orthonormal stage-k units of dvdp-math.md s1 unless it says
 "pixel units". s < t are two times inside the same stage k (s may be the stage's lower end).
@@ -103,65 +104,3 @@ def upsample_at_turning_point(schedule: DVDPSchedule, y_coarse: torch.Tensor, t:
                               noise_fine: torch.Tensor) -> torch.Tensor:
     v_t = float(1 - schedule.abar[int(t)])
     return ops.up(y_coarse) + v_t**0.5 * ops.detail(noise_fine)
-
-
-# dvdp-math.md s6: network-output conversions to the x0 estimate in PIXEL units at the stage resolution.
-# "x0" outputs are pixel-unit images; "eps" the noise; "v" = sqrt(abar) eps - sqrt(1-abar) z0 with the
-# UNattenuated z0, so that the detail band stays recoverable at gamma = 0 (division by a^2 gamma + sig^2,
-# never by gamma; with G_t z0 inside v the detail band would need / gamma like eps).
-def prediction_to_x0(schedule: DVDPSchedule, output: torch.Tensor, y_t: torch.Tensor, t,
-                     prediction: str = "x0", gamma_min: float = 0.1) -> torch.Tensor:
-    k = schedule.stage_of_batch(t)
-    if prediction == "x0":
-        return output
-    t = batch_timesteps(t, y_t.shape[0])
-    a, sig, g = schedule.abar[t].sqrt(), (1 - schedule.abar[t]).sqrt(), schedule.gamma(t, k)
-    if prediction == "eps":
-        # s = G_t z0 = (y - sig eps) / a; z0 = P's + Q's / max(gamma, gamma_min)
-        z0 = (y_t - ops.per_sample(sig, y_t) * output) / ops.per_sample(a, y_t)
-        detail_gain = 1 / g.clamp(min=gamma_min)
-    elif prediction == "v":
-        # per band: P'z0 = a P'y - sig P'v ; Q'z0 = (a Q'y - sig Q'v) / (a^2 gamma + sig^2)
-        z0 = ops.per_sample(a, y_t) * y_t - ops.per_sample(sig, y_t) * output
-        detail_gain = 1 / (a**2 * g + sig**2)
-    else:
-        raise ValueError(f"prediction must be 'x0', 'eps' or 'v', got {prediction!r}")
-    if k < schedule.num_stages - 1:  # the root stage has no attenuated band (G = I)
-        z0 = ops.band_scale(z0, torch.ones_like(g), detail_gain)
-    return z0 / 2**k
-
-
-# dvdp-math.md s6: what each parameterisation would output for the true x0 (orthonormal units except
-# x0, in pixel units): a reference for tests and users; training_loss itself compares x0 estimates.
-def prediction_target(schedule: DVDPSchedule, x0_pixel: torch.Tensor, noise: torch.Tensor, t,
-                      prediction: str) -> torch.Tensor:
-    k = schedule.stage_of_batch(t)
-    x0_stage = schedule.stage_image(x0_pixel, k)
-    if prediction == "x0":
-        return x0_stage
-    if prediction == "eps":
-        return noise
-    if prediction == "v":
-        t = batch_timesteps(t, noise.shape[0])
-        a, sig = schedule.abar[t].sqrt(), (1 - schedule.abar[t]).sqrt()
-        return ops.per_sample(a, noise) * noise - ops.per_sample(sig, noise) * x0_stage * 2**k
-    raise ValueError(f"prediction must be 'x0', 'eps' or 'v', got {prediction!r}")
-
-
-# dvdp-math.md s6: min-SNR weighted loss per sample, defined on the x0 estimate in ORTHONORMAL units:
-# w_t * mean ||2^k (x0_hat - x0)||^2 with w_t = min(SNR_t, snr_gamma), SNR_t = abar_t / (1 - abar_t).
-# eps and v outputs are first converted per band (prediction_to_x0), so the attenuated detail band is
-# weighted by its true x0 error (in the low band this equals the usual min-SNR eps/v weightings).
-def training_loss(schedule: DVDPSchedule, output: torch.Tensor, x0_pixel: torch.Tensor, noise: torch.Tensor,
-                  t, prediction: str = "x0", snr_gamma: float = 5.0, y_t: torch.Tensor | None = None,
-                  gamma_min: float = 0.1) -> torch.Tensor:
-    k = schedule.stage_of_batch(t)
-    dtype = torch.promote_types(output.dtype, torch.float32)  # bf16 outputs: loss in fp32
-    x0_stage = schedule.stage_image(x0_pixel, k).to(dtype)
-    if prediction != "x0" and y_t is None:
-        y_t = schedule.q_sample(x0_stage, t, noise.to(dtype))
-    x0_hat = prediction_to_x0(schedule, output.to(dtype), y_t, t, prediction, gamma_min)
-    err = (x0_hat - x0_stage).pow(2).flatten(1).mean(1) * 4.0**k
-    t = batch_timesteps(t, output.shape[0])
-    weight = (schedule.abar[t] / (1 - schedule.abar[t])).clamp(max=snr_gamma)
-    return err * ops.per_sample(weight, err)

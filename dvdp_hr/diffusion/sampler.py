@@ -7,57 +7,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from .grid import step_grid
 from .ops import detail
 from .process import apply_step, step_coefficients, upsample_at_turning_point
 from .schedule import DVDPSchedule
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def step_grid(schedule: DVDPSchedule, steps: int | Sequence[int] | None = None) -> list[int]:
-    """Descending times T = g_0 > ... > g_n = 0 holding every turning point; n = steps denoiser calls.
-
-    steps=None is the full grid. An int gives each stage a share of the steps proportional to its
-    length (at least one), evenly spaced inside (tau_k, tau_{k+1}] with tau_{k+1} included. A sequence
-    is taken as the grid itself (validated), e.g. to compare two schedules on the same grid.
-    """
-    if steps is None:
-        return list(range(schedule.num_steps, -1, -1))
-    if not isinstance(steps, int):
-        return _validated_grid(schedule, [int(t) for t in steps])
-    if not schedule.num_stages <= steps <= schedule.num_steps:
-        raise ValueError(f"steps must be in [{schedule.num_stages}, {schedule.num_steps}] "
-                         f"(at least one per stage), got {steps}")
-    grid = [0]
-    for k, count in enumerate(_steps_per_stage(schedule, steps)):
-        lo, hi = schedule.stage_bounds(k)
-        points = torch.linspace(lo, hi, count + 1, dtype=torch.float64)[1:].round().long().tolist()
-        grid += sorted(set(points))
-    return sorted(set(grid), reverse=True)
-
-
-def _validated_grid(schedule: DVDPSchedule, grid: list[int]) -> list[int]:
-    descending = all(a > b for a, b in zip(grid[:-1], grid[1:]))
-    if not grid or grid[0] != schedule.num_steps or grid[-1] != 0 or not descending:
-        raise ValueError(f"a steps grid must descend strictly from num_steps={schedule.num_steps} to 0")
-    missing = sorted(set(schedule.turning_points) - set(grid))
-    if missing:
-        raise ValueError(f"the steps grid must contain every turning point; missing {missing}")
-    return grid
-
-
-def _steps_per_stage(schedule: DVDPSchedule, steps: int) -> list[int]:
-    lengths = [hi - lo for lo, hi in zip(schedule.bounds[:-1], schedule.bounds[1:])]
-    counts = [max(1, min(n, round(steps * n / schedule.num_steps))) for n in lengths]
-    while sum(counts) != steps:  # fix rounding: adjust the stage with the most (or least) slack
-        fractions = [c / n for c, n in zip(counts, lengths)]
-        if sum(counts) > steps:
-            k = max((i for i in range(len(counts)) if counts[i] > 1), key=lambda i: fractions[i])
-            counts[k] -= 1
-        else:
-            k = min((i for i in range(len(counts)) if counts[i] < lengths[i]), key=lambda i: fractions[i])
-            counts[k] += 1
-    return counts
+Grid = str | Sequence[int] | None  # a policy name (grid.step_grid), the grid itself, or None (the schedule's)
 
 
 class PerImageNoise:
@@ -74,6 +30,9 @@ class PerImageNoise:
 
 PosteriorNoise = Callable[[torch.Tensor, torch.Tensor, int, int], torch.Tensor]
 VarianceCorrection = Sequence[float] | PosteriorNoise | None
+# on_turning_point(stage, t, y): stage k+1 ends at t = tau_{k+1} with state y (orthonormal stage-(k+1)
+# units, where gamma = 1, so y ~ N(sqrt(abar_t) D_{k+1} x0, (1 - abar_t) I) for a perfect sampler)
+TurningPointHook = Callable[[int, int, torch.Tensor], None]
 
 
 # dvdp-math.md s7: the short-ramp variance correction. Plugging E[z0|y_t] into the posterior drops the
@@ -100,12 +59,17 @@ def posterior_noise_fn(schedule: DVDPSchedule, correction: VarianceCorrection) -
 def sample(denoiser: Denoiser, schedule: DVDPSchedule, seeds: Sequence[int], channels: int = 3,
            method: str = "ancestral", steps: int | Sequence[int] | None = None, eta: float = 0.0, device="cpu",
            clip: bool = True, variance_correction: VarianceCorrection = None,
-           dtype: torch.dtype = torch.float32) -> torch.Tensor:
+           dtype: torch.dtype = torch.float32, on_turning_point: TurningPointHook | None = None,
+           grid: Grid = None) -> torch.Tensor:
     """Generates one full-resolution image per seed (pixel units, clamped to [-1, 1] when clip).
 
     method="ancestral" is the exact posterior step (DDIM with eta = 1, also on a strided grid);
-    method="ddim" uses the given eta. variance_correction switches on the short-ramp correction
-    (posterior_noise_fn) in every attenuated stage.
+    method="ddim" uses the given eta. grid: how `steps` calls are placed (grid.step_grid policy
+    "uniform" or "logsnr"; None = schedule.sampling_grid) or the descending times themselves (then
+    leave steps None). variance_correction switches on the short-ramp correction
+    (posterior_noise_fn) in every attenuated stage. on_turning_point, when given, sees the state
+    of every stage but the finest as that stage ends (before the reverse turning point; the
+    per-stage diagnostics of dvdp_hr.metrics.stages); it must not modify the tensor.
     """
     if method not in ("ancestral", "ddim"):
         raise ValueError(f"method must be 'ancestral' or 'ddim', got {method!r}")
@@ -119,18 +83,20 @@ def sample(denoiser: Denoiser, schedule: DVDPSchedule, seeds: Sequence[int], cha
     posterior_noise = posterior_noise_fn(schedule, variance_correction)
     size = schedule.stage_resolution(schedule.num_stages - 1)
     y = noise((channels, size, size))
-    for t, s, k in reverse_walk(schedule, steps):
+    for t, s, k in reverse_walk(schedule, steps, grid):
         if s is None:
+            if on_turning_point is not None:
+                on_turning_point(k + 1, t, y)
             y = upsample_at_turning_point(schedule, y, t, noise(y.shape[1:-2] + (y.shape[-2] * 2, y.shape[-1] * 2)))
         else:
             y = _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, posterior_noise)
     return y.clamp(-1, 1) if clip else y  # the correction's noise can leave [-1, 1] at the last step
 
 
-def reverse_walk(schedule: DVDPSchedule, steps: int | Sequence[int] | None = None):
+def reverse_walk(schedule: DVDPSchedule, steps: int | Sequence[int] | None = None, grid: Grid = None):
     """The reverse path as events (t, s, k): a step t -> s in stage k, or (t, None, k) for the
     reverse turning point at t = tau_{k+1} that moves the state from stage k+1 to stage k."""
-    grid = step_grid(schedule, steps)
+    grid = resolve_grid(schedule, steps, grid)
     stage = schedule.num_stages - 1
     for t, s in zip(grid[:-1], grid[1:]):
         k = schedule.stage_of(t)
@@ -138,6 +104,15 @@ def reverse_walk(schedule: DVDPSchedule, steps: int | Sequence[int] | None = Non
             stage -= 1
             yield t, None, stage
         yield t, s, k
+
+
+def resolve_grid(schedule: DVDPSchedule, steps: int | Sequence[int] | None, grid: Grid) -> list[int]:
+    """The descending times of a (steps, grid) pair as sample() takes them."""
+    if grid is None or isinstance(grid, str):
+        return step_grid(schedule, steps, grid)
+    if steps is not None and (not isinstance(steps, int) or steps != len(grid) - 1):
+        raise ValueError(f"grid is an explicit list of {len(grid) - 1} steps but steps={steps!r}: pass one of them")
+    return step_grid(schedule, list(grid))
 
 
 def _reverse_step(denoiser, schedule, y, t, s, k, eta, noise, clip, posterior_noise):

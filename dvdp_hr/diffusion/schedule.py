@@ -1,13 +1,15 @@
-"""DVDPSchedule: global noise schedule, stages, turning points and attenuation (dvdp-math.md s2-s3)."""
+"""DVDPSchedule: global noise schedule, stages, turning points and attenuation (dvdp-math.md s2-s3, s9)."""
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from . import ops
-from .betas import BETA_SCHEDULES, RAMPS, attenuation, cumulative_alphas
+from .betas import BETA_SCHEDULES, RAMPS, attenuation, cumulative_alphas, logsnr_shift, make_betas
 
 DEFAULT_TERMINAL_ABAR_BOUND = 1e-3
+GRID_POLICIES = ("uniform", "logsnr")  # grid.step_grid; a schedule names its default
 
 
 def pyramid_levels(resolution: int, root_resolution: int) -> int:
@@ -29,18 +31,24 @@ class DVDPSchedule:
     """Stage k (0 = finest) lives at resolution // 2**k and covers t in (tau_k, tau_{k+1}].
 
     All state tensors are in the orthonormal stage units of dvdp-math.md s1 (z0 = D_k x0).
+    beta_schedule "cosine_shifted" / "cosine_interpolated" shift the cosine's log-SNR by
+    2 log(resolution / shift_base) (s9; shift_base None = root_resolution). sampling_grid is the
+    step-grid policy samplers use by default (grid.step_grid, dvdp-math.md s10).
     """
 
     def __init__(self, resolution: int, root_resolution: int, turning_points: Sequence[int] = (),
                  num_steps: int = 1000, beta_schedule: str = "linear", ramp: str = "cosine",
-                 terminal_abar_bound: float = DEFAULT_TERMINAL_ABAR_BOUND):
+                 terminal_abar_bound: float = DEFAULT_TERMINAL_ABAR_BOUND, shift_base: int | None = None,
+                 sampling_grid: str = "uniform"):
         self.resolution, self.root_resolution = int(resolution), int(root_resolution)
         self.num_steps, self.beta_schedule, self.ramp = int(num_steps), beta_schedule, ramp
         self.turning_points = [int(t) for t in turning_points]
         self.terminal_abar_bound = float(terminal_abar_bound)
+        self.shift_base = None if shift_base is None else int(shift_base)
+        self.sampling_grid = sampling_grid
         self._validate_arguments()
-        betas = BETA_SCHEDULES[beta_schedule](self.num_steps)
-        self.betas, self.alphas, self.abar = cumulative_alphas(betas)
+        self.shift = schedule_shift(self.beta_schedule, self.resolution, self.root_resolution, self.shift_base)
+        self.betas, self.alphas, self.abar = cumulative_alphas(make_betas(beta_schedule, self.num_steps, self.shift))
         self.bounds = [0, *self.turning_points, self.num_steps]
         self.gammas = torch.stack([self._stage_gammas(k) for k in range(self.num_stages)])
         self._validate_terminal_snr()
@@ -53,6 +61,11 @@ class DVDPSchedule:
             raise ValueError(f"beta_schedule must be one of {sorted(BETA_SCHEDULES)}, got {self.beta_schedule!r}")
         if self.ramp not in RAMPS:
             raise ValueError(f"ramp must be one of {list(RAMPS)}, got {self.ramp!r}")
+        if self.sampling_grid not in GRID_POLICIES:
+            raise ValueError(f"sampling_grid must be one of {list(GRID_POLICIES)}, got {self.sampling_grid!r}")
+        if self.shift_base is not None and not 0 < self.shift_base <= self.resolution:
+            raise ValueError(f"shift_base must be a resolution in (0, resolution={self.resolution}] (the "
+                             f"resolution whose cosine schedule the shift reproduces), got {self.shift_base}")
         levels = pyramid_levels(self.resolution, self.root_resolution)
         if len(self.turning_points) != levels:
             raise ValueError(
@@ -73,8 +86,8 @@ class DVDPSchedule:
             raise ValueError(
                 f"beta_schedule={self.beta_schedule!r} leaves the {self.root_resolution}px root stage "
                 f"with abar'_T = {root_abar:.2e} > {self.terminal_abar_bound:g} (signal left at t = T "
-                f"while sampling starts from pure noise). Fix: use beta_schedule='cosine', more "
-                f"num_steps, or a larger root_resolution.")
+                f"while sampling starts from pure noise). Fix: use beta_schedule='cosine' (or a shifted "
+                f"cosine), more num_steps, or a larger root_resolution.")
 
     # ---- stages ----
     @property
@@ -132,6 +145,16 @@ class DVDPSchedule:
         a, g = float(self.abar[t]), 4.0**k
         return g * a / (1 + (g - 1) * a)
 
+    # dvdp-math.md s9: log-SNR of stage k's pixel-unit image, log(abar_t / (1 - abar_t)) + log 4^k
+    def pixel_logsnr(self, t: int, k: int) -> float:
+        a = float(self.abar[int(t)])
+        return math.inf if a >= 1 else math.log(a / (1 - a)) + k * math.log(4)
+
+    def stage_logsnr_range(self, k: int) -> tuple[float, float]:
+        """(lowest, highest) pixel log-SNR stage k is trained on: at t = hi and t = lo + 1."""
+        lo, hi = self.stage_bounds(k)
+        return self.pixel_logsnr(hi, k), self.pixel_logsnr(lo + 1, k)
+
     # ---- forward process ----
     def stage_image(self, x0: torch.Tensor, k: int) -> torch.Tensor:
         """Box-averaged stage-k image in pixel units; accepts full-res or stage-res input."""
@@ -165,7 +188,8 @@ class DVDPSchedule:
         return {"resolution": self.resolution, "root_resolution": self.root_resolution,
                 "turning_points": list(self.turning_points), "num_steps": self.num_steps,
                 "beta_schedule": self.beta_schedule, "ramp": self.ramp,
-                "terminal_abar_bound": self.terminal_abar_bound}
+                "terminal_abar_bound": self.terminal_abar_bound, "shift_base": self.shift_base,
+                "sampling_grid": self.sampling_grid}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DVDPSchedule":
@@ -177,3 +201,10 @@ class DVDPSchedule:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"DVDPSchedule({args})"
+
+
+def schedule_shift(beta_schedule: str, resolution: int, root_resolution: int, shift_base: int | None) -> float:
+    """Log-SNR shift (nats) of a shifted schedule; 0 for the others (dvdp-math.md s9)."""
+    if beta_schedule not in BETA_SCHEDULES or not BETA_SCHEDULES[beta_schedule][0]:
+        return 0.0
+    return logsnr_shift(resolution, shift_base or root_resolution)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dvdp_hr.distributed import integrity
+from dvdp_hr.distributed.integrity import write_atomic  # noqa: F401 - re-exported for callers
 from dvdp_hr.distributed.env import barrier, current
 from dvdp_hr.distributed.objects import gather_all
 
@@ -40,16 +41,6 @@ def checkpoints_dir(run_dir: str) -> str:
 
 def make_tag(images: int) -> str:
     return f"img{images:012d}"
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    integrity.fsync_dir(os.path.dirname(path) or ".")
 
 
 def latest_name(run_dir: str) -> str | None:
@@ -92,13 +83,43 @@ def resume_candidates(run_dir: str) -> list[str]:
     return [t for t in reversed(list_complete(run_dir)) if not latest or t <= latest]
 
 
-def prune(run_dir: str, keep_last: int) -> None:
-    """Keep the newest `keep_last` complete checkpoints up to `latest`; never touch a newer one
-    (a damaged checkpoint skipped by a resume must not push valid fallbacks out)."""
+def prune(run_dir: str, keep_last: int, keep_every_images: int = 0) -> None:
+    """Keep the newest `keep_last` complete checkpoints up to `latest`, and the first one past every
+    multiple of `keep_every_images` (milestones to roll back to); never touch a newer one (a damaged
+    checkpoint skipped by a resume must not push valid fallbacks out)."""
     root, latest = checkpoints_dir(run_dir), latest_name(run_dir)
     done = [t for t in list_complete(run_dir) if latest and t <= latest]
-    for tag in done[:-keep_last]:
-        shutil.rmtree(os.path.join(root, tag), ignore_errors=True)
+    keep = set(done[-keep_last:]) | milestones(done, keep_every_images) | _best_tag(run_dir)
+    for tag in done:
+        if tag not in keep:
+            _delete(root, tag)
+
+
+def _best_tag(run_dir: str) -> set[str]:
+    """The checkpoint RUN/best.json names (the evaluation's best so far), kept whatever its age."""
+    try:
+        with open(os.path.join(run_dir, "best.json")) as fh:
+            return {json.load(fh)["tag"]}
+    except (OSError, ValueError, KeyError):
+        return set()
+
+
+def milestones(tags: list[str], every_images: int) -> set[str]:
+    """The first tag (in image order) of each bucket images // every_images; none when 0."""
+    if every_images <= 0:
+        return set()
+    first: dict[int, str] = {}
+    for tag in sorted(tags):
+        first.setdefault(int(tag[len("img"):]) // every_images, tag)
+    return set(first.values())
+
+
+def _delete(root: str, tag: str) -> None:
+    """Renamed out of the complete set first: a deletion cut short never leaves a folder that still
+    looks complete (it is a stale .tmp- folder, removed at the next save)."""
+    doomed = os.path.join(root, f"{TMP_PREFIX}pruned-{tag}")
+    os.rename(os.path.join(root, tag), doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def remove_stale_tmp(run_dir: str, keep: str | None = None) -> None:
@@ -109,7 +130,7 @@ def remove_stale_tmp(run_dir: str, keep: str | None = None) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def publish(run_dir: str, tag: str, meta: dict, keep_last: int) -> str:
+def publish(run_dir: str, tag: str, meta: dict, keep_last: int, keep_every_images: int = 0) -> str:
     """Rank 0, once every file of .tmp-<tag> is on disk and listed in meta["files"]: write
     meta.json, rename the folder to <tag>, move `latest`, prune."""
     root = checkpoints_dir(run_dir)
@@ -120,7 +141,7 @@ def publish(run_dir: str, tag: str, meta: dict, keep_last: int) -> str:
     os.rename(tmp_dir, final_dir)
     integrity.fsync_dir(root)
     write_atomic(os.path.join(root, LATEST), tag)
-    prune(run_dir, keep_last)
+    prune(run_dir, keep_last, keep_every_images)
     remove_stale_tmp(run_dir)
     return final_dir
 

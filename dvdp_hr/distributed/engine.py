@@ -20,8 +20,10 @@ logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 def init_distributed(timeout_minutes: float = 30.0) -> None:
     """Join the process group described by RANK/WORLD_SIZE/MASTER_* (gloo on CPU, nccl on GPUs).
     A collective that waits longer than `timeout_minutes` fails the job instead of idling every GPU."""
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
+    from dvdp_hr.distributed.env import init_process_group
+
+    init_process_group(timeout_minutes)  # gloo on CPU, nccl with this rank's device bound; DeepSpeed reuses it
+    deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
 
 
 def _zero12_fragment(name: str, param) -> Fragment | None:

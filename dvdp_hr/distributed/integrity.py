@@ -98,3 +98,15 @@ def share(files: dict[str, dict], rank: int, world_size: int) -> list[str]:
 def verify_share(folder: str, files: dict[str, dict], rank: int, world_size: int) -> list[str]:
     problems = (check(folder, name, files[name]) for name in share(files, rank, world_size))
     return [p for p in problems if p is not None]
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old or the new file, never a mix; the
+    new file and its directory entry are on disk when this returns."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(path) or ".")

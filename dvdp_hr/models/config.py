@@ -2,11 +2,12 @@
 
 from dataclasses import dataclass
 
+from dvdp_hr.diffusion import PREDICTIONS
+
 from .attention import BACKENDS
 from .presets import MODEL_PRESETS
 
 MODES = ("shared", "per_stage")
-PREDICTIONS = ("x0", "eps", "v")
 
 
 @dataclass
@@ -14,7 +15,7 @@ class ModelConfig:
     mode: str = "shared"                    # "shared": one UNet + stage embedding; "per_stage"
     preset: str = "tiny"                    # a MODEL_PRESETS name
     stage_presets: list[str] | None = None  # per_stage only: one preset per stage, finest first
-    prediction: str = "x0"                  # "x0" | "eps" | "v" (dvdp-math.md s6)
+    prediction: str = "x0"                  # "x0" | "eps" | "v" | "v_orthonormal" (dvdp-math.md s6, s11)
     attention: str = "auto"                 # "auto" | "sdpa" | "xformers"
     dropout: float = 0.0
     grad_checkpointing: bool | list[bool] = False  # per UNet block: all stages, or one flag per stage (finest first)

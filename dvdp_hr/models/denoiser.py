@@ -50,7 +50,8 @@ class Denoiser(nn.Module):
         t = self._batch_t(y_t, t)
         k = self.schedule.stage_of_batch(t)
         self._check_resolution(y_t, k)
-        scale = self.schedule.input_scale(t).to(device=y_t.device, dtype=y_t.dtype)
+        # a small host table lookup; the copy is staged at once and does not wait for the device
+        scale = self.schedule.input_scale(t).to(dtype=y_t.dtype).to(device=y_t.device, non_blocking=True)
         x = y_t * scale.view(-1, 1, 1, 1)
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

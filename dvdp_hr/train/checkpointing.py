@@ -11,7 +11,6 @@ is raised on every rank at the next save or at exit.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from dvdp_hr.distributed import integrity
 from dvdp_hr.distributed.env import print0
 from dvdp_hr.distributed.lock import LockHeld, RunLock
 from dvdp_hr.distributed.objects import broadcast_from0, gather_all
+from dvdp_hr.distributed.status import write_status
 from dvdp_hr.distributed.writer import BackgroundWriter, WriterError
 from dvdp_hr.train.confutil import ConfigError
 from dvdp_hr.train.resume import check_resumable, save_run_config
@@ -171,7 +171,7 @@ class CheckpointManager:
         if self.lock is not None and self.lock.lost:
             raise WriterError(f"not publishing checkpoint {tag}: {self.lock.lost}; this attempt must stop.")
         ckpt.publish(self.run_dir, tag, {**meta, "files": dict(sorted(files.items()))},
-                     self.cfg.checkpoint.keep_last)
+                     self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every_images)
 
     def _join_writer(self) -> str | None:
         """Rank 0: wait for the writer; its failure as a message every rank can raise (else None)."""
@@ -192,8 +192,8 @@ class CheckpointManager:
         failure = broadcast_from0(self._join_writer())
         if failure:
             raise WriterError(failure)
-        if self.is_rank0:
-            ckpt.write_atomic(os.path.join(self.run_dir, "status.json"), json.dumps({"state": state, **counters}))
+        # rank 0 writes; barrier: no rank exits (75) before the record is on disk
+        write_status(self.run_dir, state, barrier=True, **counters)
 
     def close(self) -> None:
         """Always called when the Trainer exits, also on errors: publish what is in flight, stop

@@ -4,6 +4,7 @@ Per-stage lists (micro_batch, grad_accum, stage_weights) are indexed by stage k,
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -11,6 +12,9 @@ import yaml
 
 from dvdp_hr.models import ModelConfig
 from dvdp_hr.train.confutil import ConfigError, apply_override, from_dict, load_yaml, to_dict
+from dvdp_hr.train.launch_config import LaunchConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,9 +31,13 @@ class ScheduleConfig:
     root_resolution: int = 16
     num_steps: int = 1000
     turning_points: Union[list, str] = field(default_factory=lambda: [300, 600])  # or "auto"
+    # linear | cosine | cosine_shifted | cosine_interpolated (dvdp-math.md s9)
     beta_schedule: str = "linear"
     ramp: str = "cosine"
     band_stats: Optional[BandStats] = None
+    # the shifted cosines move log-SNR by 2 log(resolution / shift_base); None = root_resolution
+    shift_base: Optional[int] = None
+    sampling_grid: str = "uniform"  # default step-grid policy of the samplers: uniform | logsnr (s10)
 
 
 @dataclass
@@ -65,6 +73,13 @@ class TrainConfig:
     zero_stage: int = 2
     precision: str = "fp32"  # fp32 | bf16
     snr_gamma: float = 5.0
+    # min_snr | min_snr_orthonormal | eps_mse | edm (dvdp-math.md s11). The default keeps the loss of
+    # runs started before it existed; configs that predate it also keep the old "v" (v_orthonormal).
+    loss_weighting: str = "min_snr_orthonormal"
+    sigma_data: float = 0.5  # edm weighting: the data std in pixel units
+    # how often each stage is trained when stage_weights is None (dvdp-math.md s12):
+    # timestep_share | uniform | logsnr_span | compute
+    stage_weighting: str = "timestep_share"
     max_nonfinite: int = 5  # consecutive skipped steps before stopping
 
 
@@ -82,6 +97,7 @@ class CheckpointConfig:
     every_images: int = 5000
     every_minutes: float = 0.0  # wall-clock cadence besides images and signals; 0 = off
     keep_last: int = 3
+    keep_every_images: int = 0  # also keep the first checkpoint past every multiple (roll-back points); 0 = off
     background: bool = True  # rank 0's files (EMA, raw weights, meta) written by a thread while training goes on
     raw_weights: str = "final"  # when raw.safetensors is written: "final" (final and stop checkpoints) | "every"
     lock_stale_minutes: float = 10.0  # a run lock whose heartbeat is older than this is taken over
@@ -112,6 +128,17 @@ class LoggingConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training (dvdp_hr/train/evaluation.py): every rank samples its share."""
+    every_images: int = 0  # 0 = off; each evaluation follows a checkpoint at the same step
+    count: int = 256  # samples (seeds 0..count-1) and data images (the first `count` of the shard set)
+    steps: int = 50
+    batch: int = 0  # sampling micro-batch; 0 = the engine's default for the resolution
+    inception: Optional[str] = None  # Inception weights (inception-2015-12-05.pt): FID beside SWD
+    ref_stats: Optional[str] = None  # reference statistics (dvdp-hr ref-stats) for FID
+
+
+@dataclass
 class PlanConfig:
     """Figures for the dry-run cost plan; `throughput_source` labels where the throughputs come from.
     Memory is OUR network's, measured by dvdp_hr.train.memory; `memory_gib` only overrides its fit check."""
@@ -136,7 +163,9 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)  # dvdp-hr submit (submitit); the trainer ignores it
 
     @property
     def num_stages(self) -> int:
@@ -152,11 +181,23 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+def upgrade_legacy_tree(tree: dict) -> dict:
+    """A config written before issue 11 (no train.loss_weighting) meant by model.prediction=v what
+    is now "v_orthonormal" (dvdp-math.md s11): keep that meaning. New configs state loss_weighting."""
+    model, train = tree.get("model"), tree.get("train")
+    if isinstance(model, dict) and model.get("prediction") == "v" and "loss_weighting" not in (train or {}):
+        log.warning("model.prediction=v in a config without train.loss_weighting: read as 'v_orthonormal' "
+                    "(v's definition before issue 11). Set train.loss_weighting to use the unit-scale v.")
+        tree = dict(tree, model=dict(model, prediction="v_orthonormal"))
+    return tree
+
+
 def load_config(path: Optional[str] = None, overrides: list[str] = (), data: Optional[dict] = None) -> RunConfig:
     """Preset file (or dict) + `key=value` overrides -> validated RunConfig."""
     tree = dict(data) if data is not None else (load_yaml(path) if path else {})
     for override in overrides:
         apply_override(tree, RunConfig, override)
+    tree = upgrade_legacy_tree(tree)
     cfg = from_dict(RunConfig, tree)
     from dvdp_hr.train.validate import validate_config  # late import: validate builds the schedule
 
@@ -181,6 +222,8 @@ def deepspeed_config(cfg: RunConfig) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer synchronizes the device at every forward and step
+        "timers": {"throughput": {"enabled": False}},
     }
     if t.precision == "bf16":
         ds["bf16"] = {"enabled": True, "check_grad_overflow": True}

@@ -51,3 +51,13 @@ def make_image_folder(folder: str, count: int = 64, size: int = 64, seed: int = 
         image = _crop(photos[int(rng.integers(len(photos)))], rng, size) if use_photo else _synthetic(rng, size)
         image.save(os.path.join(folder, f"img{i:05d}.png"))
     return folder
+
+
+def photo_crops(count: int, size: int = 64, seed: int = 0) -> np.ndarray:
+    """`count` random crops of skimage's bundled photographs as uint8 [count, size, size, 3] (the
+    demo's real photographs only; bench/schedule_ab.py). Needs scikit-image."""
+    photos = _photos()
+    if not photos:
+        raise RuntimeError("photo_crops needs scikit-image's bundled photographs: pip install scikit-image")
+    rng = np.random.default_rng(seed)
+    return np.stack([np.asarray(_crop(photos[int(rng.integers(len(photos)))], rng, size)) for _ in range(count)])

@@ -28,7 +28,7 @@ from dvdp_hr.train.ema import EMA
 from dvdp_hr.train.lr import learning_rate
 from dvdp_hr.train.plan import stage_for_step, stage_weights, step_seed
 from dvdp_hr.train.checkpointing import CheckpointManager
-from dvdp_hr.train.samples import draw_grid
+from dvdp_hr.train.evaluation import evaluate, grid_images, record_best, save_grid
 from dvdp_hr.train.setup import build_model, build_schedule, make_streams, optimizer_groups
 from dvdp_hr.train.validate import check_shard_count, check_shards, check_world_size
 
@@ -45,6 +45,7 @@ class Counters:
     images: int = 0
     nonfinite_in_a_row: int = 0
     skipped_total: int = 0
+    ema_images: int = 0  # images since the last EMA update (half-lives count images; kept for exact resume)
 
 
 class Trainer:
@@ -66,7 +67,6 @@ class Trainer:
         groups, self.group_stages = optimizer_groups(model, cfg)
         self.engine = Engine(model, deepspeed_config(cfg), groups)
         self.ema.attach(self.engine)
-        self._ema_images = 0  # images since the last EMA update (half-lives count images)
         self._grid_drawn_at = -1  # image count of the last sample grid
         self.streams = make_streams(cfg, self.schedule, self.env.rank, self.env.world_size)
         self.checkpoints = CheckpointManager(cfg, run_dir, self.env, self.engine, self.ema, self.streams)
@@ -122,15 +122,15 @@ class Trainer:
             output = self.engine(y_t.to(dtype), t)  # CPU t: the model moves it without a sync
             # the loss needs no noise: x0 parameterisation, or y_t given for eps / v
             loss = training_loss(self.schedule, output, x0, None, t, cfg.model.prediction, cfg.train.snr_gamma,
-                                 y_t=y_t).mean()
+                                 y_t=y_t, weighting=cfg.train.loss_weighting, sigma_data=cfg.train.sigma_data).mean()
             self.engine.backward(loss / accum, boundary=micro == accum - 1)
             total += loss.detach() / accum
         lr = learning_rate(self.counters.images, cfg.optim, cfg.train.max_images)
         grad_norm = self.engine.step([lr if k in stages else 0.0 for stages in self.group_stages])
-        self._ema_images += self.images_per_step(k)
+        self.counters.ema_images += self.images_per_step(k)
         if (step + 1) % cfg.ema.every_steps == 0:
-            self.ema.update(self._ema_images)
-            self._ema_images = 0
+            self.ema.update(self.counters.ema_images)
+            self.counters.ema_images = 0
         return k, total, grad_norm, lr
 
     def images_per_step(self, k: int) -> int:
@@ -201,35 +201,45 @@ class Trainer:
         return self.checkpoints.save(vars(self.counters), self.wandb_id, self.loss_window, final)
 
     def sample_grid(self, final: bool = False) -> str | None:
-        """A grid of the first EMA model (samples/<tag>.png, or samples/final.png). Every rank takes
-        part in assembling the EMA weights; rank 0 draws. Non-essential: a drawing failure is logged
-        and the run goes on (raising here would leave the other ranks waiting in the next collective)."""
+        """A grid of the first EMA model (samples/<tag>.png, or samples/final.png), sampled by every
+        rank (bf16 autocast on CUDA) and saved by rank 0. Collective."""
         if self.cfg.logging.sample_count == 0:
             return None
         images = self.counters.images
         if final and self._grid_drawn_at == images:  # drawn at this image count already: copy it
             return self._copy_final_grid() if self.env.rank == 0 else None
-        model = self.ema.materialize()  # collective
+        cfg = self.cfg.logging
+        pixels = grid_images(self.ema.materialize(), self.schedule, cfg.sample_count, cfg.sample_steps,
+                             self.engine.device, self.env.rank, self.env.world_size)
         self._grid_drawn_at = images
         if self.env.rank != 0:
             return None
-        try:
-            return self._draw_grid(model, "final" if final else ckpt.make_tag(images))
-        except Exception:  # noqa: BLE001 - any sampling failure must not end the training run
+        path = os.path.join(self.run_dir, "samples", f"{'final' if final else ckpt.make_tag(images)}.png")
+        try:  # rank 0 alone from here: a failure to write costs the grid, never the run
+            save_grid(pixels, path)
+        except Exception:  # noqa: BLE001 - any saving failure must not end the training run
             log.exception("sample grid at step %d (%d images) failed; training continues", self.counters.step, images)
             return None
+        self.logger.log_image(self.counters.step, path)
+        return path
 
     def _copy_final_grid(self) -> str:
         folder = os.path.join(self.run_dir, "samples")
         drawn = os.path.join(folder, f"{ckpt.make_tag(self.counters.images)}.png")
         return shutil.copyfile(drawn, os.path.join(folder, "final.png"))
 
-    def _draw_grid(self, model, name: str) -> str:
-        cfg = self.cfg.logging
-        path = draw_grid(model, self.schedule, os.path.join(self.run_dir, "samples", f"{name}.png"),
-                         cfg.sample_count, steps=cfg.sample_steps, device=self.engine.device)
-        self.logger.log_image(self.counters.step, path)
-        return path
+    def evaluate(self, tag: str) -> dict:
+        """Scores of the first EMA model (every rank takes part), logged to stats.jsonl and wandb;
+        RUN/best.json names the best checkpoint so far. `tag`: the checkpoint of this step."""
+        metrics = evaluate(self.ema.materialize(), self.schedule, self.cfg.evaluation, self.cfg.data.shards,
+                           self.engine.device, self.env.rank, self.env.world_size)
+        c = self.counters
+        self.logger.log_stats({"step": c.step, "images": c.images, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if self.env.rank == 0:
+            best = record_best(self.run_dir, metrics, c.images, tag)
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            print0(f"evaluation at {c.images:,} images ({tag}): {summary}" + (" (best so far)" if best else ""))
+        return metrics
 
     def _write_status(self, state: str) -> None:
         """Collective: waits until the last checkpoint is published, then rank 0 writes status.json."""
@@ -238,6 +248,7 @@ class Trainer:
     # ---- the loop ----
     def run(self) -> int:
         if self.finished_already:
+            self._write_status("finished")  # status.json is per attempt: this one found nothing left to train
             return 0
         stop = StopFlag().install()
         bar = progress(self.cfg.train.max_images, self.counters.images,
@@ -264,15 +275,19 @@ class Trainer:
             # 2. the step's one host sync: agree across ranks on signals and finiteness, read the loss
             stopping, nonfinite, grad_norm, loss, due = self._agree(stop, loss, norm)
             self._guard(nonfinite)
-            self._record(k, loss, grad_norm)
+            if not nonfinite:  # a skipped step changed nothing; its NaN would poison the window's mean
+                self._record(k, loss, grad_norm)
             bar.update(c.images - images_before)
             # 3. periodic logging, checkpoints, then samples (a sampling crash must not cost the checkpoint)
             if c.step % cfg.logging.every_steps == 0:
                 self._log_stats(window, lr, grad_norm)
                 window = (time.perf_counter(), c.images)
-            if _crossed(images_before, c.images, cfg.checkpoint.every_images) or stopping or due:
+            evaluating = _crossed(images_before, c.images, cfg.evaluation.every_images) and not stopping
+            if _crossed(images_before, c.images, cfg.checkpoint.every_images) or stopping or due or evaluating:
                 tag = os.path.basename(self.save(final=stopping))
                 saved_at = c.images
+            if evaluating:  # after the checkpoint it scores, so best.json can name it
+                self.evaluate(tag)
             if _crossed(images_before, c.images, cfg.logging.sample_every_images) and not stopping:
                 self.sample_grid()
             if stopping:

@@ -5,6 +5,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from dvdp_hr.train.stage_shares import compute_shares, logsnr_range_text, policy_weights
+
 
 def step_seed(*parts: int) -> int:
     """A 63-bit seed that is a pure function of the integers given (seed, step, rank, ...)."""
@@ -13,8 +15,8 @@ def step_seed(*parts: int) -> int:
 
 
 def stage_weights(cfg, schedule) -> dict[int, float]:
-    """Sampling weight of each trained stage: configured, or its share of timesteps (dvdp-math.md s6)."""
-    raw = cfg.train.stage_weights or schedule.stage_probabilities()
+    """Sampling weight of each trained stage: configured, or by train.stage_weighting (dvdp-math.md s12)."""
+    raw = cfg.train.stage_weights or policy_weights(cfg, schedule)
     chosen = {k: float(raw[k]) for k in cfg.trained_stages()}
     total = sum(chosen.values())
     return {k: w / total for k, w in chosen.items()}
@@ -37,17 +39,20 @@ class StagePlan:
     grad_accum: int
     global_batch: int
     pixel_fraction: float  # (r_k / r_0)^2, dvdp-math.md s8
+    logsnr_range: str = ""  # pixel log-SNR the stage is trained on (dvdp-math.md s9)
+    compute_share: float = 0.0  # of training denoiser pixels (dvdp-math.md s12)
 
 
 def build_plan(cfg, schedule, world_size: int) -> list[StagePlan]:
     weights = stage_weights(cfg, schedule)
-    share = schedule.stage_probabilities()
+    share, compute = schedule.stage_probabilities(), compute_shares(cfg, schedule, weights)
     rows = []
     for k in range(schedule.num_stages):
         res = schedule.stage_resolution(k)
         micro, accum = cfg.train.micro_batch[k], cfg.train.grad_accum[k]
         rows.append(StagePlan(k, res, schedule.stage_bounds(k), share[k], weights.get(k, 0.0), micro, accum,
-                              micro * accum * world_size, (res / schedule.resolution) ** 2))
+                              micro * accum * world_size, (res / schedule.resolution) ** 2,
+                              logsnr_range_text(schedule, k), compute[k]))
     return rows
 
 
@@ -75,16 +80,21 @@ def format_plan(cfg, schedule, world_size: int) -> str:
     images = expected_images_per_step(plan)
     lines = [f"Per-stage plan (world_size={world_size}: set WORLD_SIZE to plan another size; T={schedule.num_steps}, "
              f"turning points {schedule.turning_points}):",
-             f"{'stage':>5} {'res':>5} {'t range':>12} {'t share':>8} {'weight':>7} {'micro':>6} "
-             f"{'accum':>6} {'global':>7} {'img share':>9} {'px frac':>8} {'img/s/GPU*':>10}"]
+             f"{'stage':>5} {'res':>5} {'t range':>12} {'log-SNR px':>13} {'t share':>8} {'weight':>7} {'micro':>6} "
+             f"{'accum':>6} {'global':>7} {'img share':>9} {'cost share':>10} {'px frac':>8} {'img/s/GPU*':>10}"]
     for r in plan:
         lo, hi = r.t_range
-        lines.append(f"{r.stage:>5} {r.resolution:>5} {f'({lo},{hi}]':>12} {r.timestep_share:>8.3f} "
-                     f"{r.weight:>7.3f} {r.micro_batch:>6} {r.grad_accum:>6} {r.global_batch:>7} "
-                     f"{r.weight * r.global_batch / images:>9.3f} {r.pixel_fraction:>8.4f} "
-                     f"{str(thr.get(r.resolution, '-')):>10}")
-    lines.append("weight: probability that an optimizer step trains the stage; global: images per such step "
+        lines.append(f"{r.stage:>5} {r.resolution:>5} {f'({lo},{hi}]':>12} {r.logsnr_range:>13} "
+                     f"{r.timestep_share:>8.3f} {r.weight:>7.3f} {r.micro_batch:>6} {r.grad_accum:>6} "
+                     f"{r.global_batch:>7} {r.weight * r.global_batch / images:>9.3f} {r.compute_share:>10.3f} "
+                     f"{r.pixel_fraction:>8.4f} {str(thr.get(r.resolution, '-')):>10}")
+    lines.append(f"log-SNR px: the stage's log-SNR in its own pixel units, log(4^k abar/(1-abar)) at t = hi .. lo+1 "
+                 f"({schedule.beta_schedule}, dvdp-math.md s9); t share: its share of timesteps; "
+                 f"weight: probability that an optimizer step trains the stage (train.stage_weighting="
+                 f"{cfg.train.stage_weighting if cfg.train.stage_weights is None else 'explicit stage_weights'}); "
+                 "global: images per such step "
                  "(micro x accum x world); img share: fraction of training images at that stage; "
+                 "cost share: fraction of training denoiser pixels; "
                  "px frac: (res / full res)^2; * img/s/GPU: plan.throughput_img_s, BORROWED figures "
                  f"[{cfg.plan.throughput_source or 'unlabelled'}].")
     cost = sum(r.weight * r.global_batch * r.pixel_fraction for r in plan) / images

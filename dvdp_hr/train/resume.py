@@ -8,9 +8,12 @@ from dvdp_hr.train.confutil import ConfigError
 
 # Sections that define the weights' meaning and the data order; optimisation length, logging
 # and checkpoint cadence may change between resumes.
-FROZEN_KEYS = ("schedule", "model", "data.num_workers", "data.shuffle_buffer", "data.flip", "train.seed",
-               "train.stages", "train.stage_weights", "train.micro_batch", "train.zero_stage", "train.precision",
-               "ema.decays", "ema.halflife_images")
+# model.grad_checkpointing / channels_last / compile / attention change memory and speed, not the
+# weights' meaning: they stay free, so an out-of-memory stage can be fixed on resume.
+FROZEN_KEYS = ("schedule", "model.mode", "model.preset", "model.stage_presets", "model.prediction", "model.dropout",
+               "data.num_workers", "data.shuffle_buffer", "data.flip", "train.seed",
+               "train.stages", "train.stage_weights", "train.stage_weighting", "train.micro_batch", "train.zero_stage",
+               "train.precision", "ema.decays", "ema.halflife_images")
 
 
 def _lookup(tree: dict, dotted: str):
@@ -26,12 +29,21 @@ def check_resumable(meta: dict, cfg, world_size: int) -> None:
             f"The latest checkpoint was written by {saved_world} ranks but this run has {world_size}. Per-rank "
             f"data positions and ZeRO shards are tied to the world size: relaunch with {saved_world} processes, "
             f"or export the weights (`dvdp-hr export`) and start a new run.")
-    current = cfg.to_dict()
+    current, saved = cfg.to_dict(), _saved_config(meta["config"])
     for key in FROZEN_KEYS:
-        if _lookup(meta["config"], key) != _lookup(current, key):
+        if _lookup(saved, key) != _lookup(current, key):
             raise ConfigError(
-                f"'{key}' differs from the checkpoint being resumed ({_lookup(meta['config'], key)!r} there, "
+                f"'{key}' differs from the checkpoint being resumed ({_lookup(saved, key)!r} there, "
                 f"{_lookup(current, key)!r} now). Use the original value or a new --run-dir.")
+
+
+def _saved_config(tree: dict) -> dict:
+    """A checkpoint's config with the keys added since it was written at their defaults (which keep
+    the old behaviour), and a pre-issue-11 "v" read as "v_orthonormal": neither is a change."""
+    from dvdp_hr.train.config import RunConfig, upgrade_legacy_tree
+    from dvdp_hr.train.confutil import from_dict, to_dict
+
+    return to_dict(from_dict(RunConfig, upgrade_legacy_tree(tree)))
 
 
 def save_run_config(folder: str, cfg) -> str:

@@ -1,12 +1,13 @@
-"""PNG sample grids from an export file or a run directory (EMA weights)."""
+"""PNG sample grids from an export file or a run directory (EMA weights), through the sampling engine."""
 from __future__ import annotations
 
 import os
 
 import torch
 
-from dvdp_hr.diffusion import sample
-from dvdp_hr.metrics.logging import image_grid
+from dvdp_hr.sampling import default_batch, generate
+from dvdp_hr.sampling.engine import resolve_precision
+from dvdp_hr.sampling.grid import save_grid
 
 
 def load_model(model_path: str, checkpoint: str | None = None):
@@ -19,12 +20,16 @@ def load_model(model_path: str, checkpoint: str | None = None):
 
 @torch.no_grad()
 def draw_grid(model, schedule, out: str, count: int, seed_start: int = 0, steps: int = 50,
-              method: str = "ddim", device="cpu") -> str:
-    """PNG grid of `count` samples; image i uses seed seed_start + i (reproducible image by image)."""
-    images = sample(model.predict_x0, schedule, list(range(seed_start, seed_start + count)), method=method,
-                    steps=steps, device=device)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    return image_grid(images, out)
+              method: str = "ddim", device="cpu", batch: int | None = None, precision: str = "auto") -> str:
+    """PNG grid of `count` samples on this process; image i uses seed seed_start + i (reproducible
+    image by image: the same pixels as `dvdp-hr sample --seeds` writes for those seeds)."""
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    batch = batch or default_batch(schedule.resolution, precision)
+    seeds = list(range(seed_start, seed_start + count))
+    images = generate(model, schedule, seeds, batch=batch, steps=steps, method=method, device=device,
+                      precision=precision)
+    return save_grid([images[s] for s in seeds], out)
 
 
 def sample_grid(model_path: str, out: str, count: int = 16, seed_start: int = 0, steps: int = 50,

@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 
 from dvdp_hr.data.sizing import num_shards_option_for, shard_size_option_for
-from dvdp_hr.diffusion import DVDPSchedule
+from dvdp_hr.diffusion import LOSS_WEIGHTINGS, DVDPSchedule
+from dvdp_hr.diffusion.schedule import GRID_POLICIES
 from dvdp_hr.train.confutil import ConfigError
+from dvdp_hr.train.stage_shares import STAGE_WEIGHTINGS
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +19,9 @@ CHOICES = {
     "logging.wandb_mode": ("offline", "online", "disabled"),
     "distributed.communication_data_type": (None, "fp32", "bf16"),
     "checkpoint.raw_weights": ("final", "every"),
+    "schedule.sampling_grid": GRID_POLICIES,
+    "train.loss_weighting": LOSS_WEIGHTINGS,
+    "train.stage_weighting": STAGE_WEIGHTINGS,
 }
 
 
@@ -59,6 +64,7 @@ def _check_ranges(cfg) -> None:
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 1, "must be >= 1"),
         ("train.seed", cfg.train.seed >= 0, "must be >= 0"),
         ("train.snr_gamma", cfg.train.snr_gamma > 0, "must be > 0"),
+        ("train.sigma_data", cfg.train.sigma_data > 0, "must be > 0 (the data std in pixel units; EDM: 0.5)"),
         ("train.max_nonfinite", cfg.train.max_nonfinite >= 0, "must be >= 0"),
         ("logging.sample_every_images", cfg.logging.sample_every_images >= 0, "must be >= 0 (0 = off)"),
         ("logging.sample_count", cfg.logging.sample_count >= 0, "must be >= 0 (0 = no sample grids)"),
@@ -67,6 +73,10 @@ def _check_ranges(cfg) -> None:
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.warmup_images", cfg.optim.warmup_images >= 0, "must be >= 0"),
         ("checkpoint.every_minutes", cfg.checkpoint.every_minutes >= 0, "must be >= 0 (0 = off)"),
+        ("checkpoint.keep_every_images", cfg.checkpoint.keep_every_images >= 0, "must be >= 0 (0 = off)"),
+        ("evaluation.every_images", cfg.evaluation.every_images >= 0, "must be >= 0 (0 = off)"),
+        ("evaluation.count", cfg.evaluation.count >= 2, "must be >= 2"),
+        ("evaluation.batch", cfg.evaluation.batch >= 0, "must be >= 0 (0 = the engine's default)"),
         ("distributed.zero3_prefetch_bucket_size", cfg.distributed.zero3_prefetch_bucket_size >= 0, "must be >= 0"),
     )
     for key, ok, rule in checks:
@@ -112,6 +122,12 @@ def _check_sampling(cfg, num_stages: int) -> None:
     if cfg.logging.sample_every_images and cfg.logging.sample_steps < num_stages:
         raise ConfigError(f"logging.sample_steps must be >= the number of stages ({num_stages}), "
                           f"got {cfg.logging.sample_steps}.")
+    e = cfg.evaluation
+    if e.every_images and e.steps < num_stages:
+        raise ConfigError(f"evaluation.steps must be >= the number of stages ({num_stages}), got {e.steps}.")
+    if bool(e.inception) != bool(e.ref_stats):
+        raise ConfigError("evaluation.inception and evaluation.ref_stats go together (FID needs both): set both, "
+                          f"or neither for SWD only; got inception={e.inception!r}, ref_stats={e.ref_stats!r}.")
 
 
 def resolve_turning_points(cfg) -> None:
@@ -130,7 +146,7 @@ def resolve_turning_points(cfg) -> None:
     try:
         points = propose_turning_points(s.resolution, s.root_resolution, list(s.band_stats.sigma_perp2),
                                         num_steps=s.num_steps, beta_schedule=s.beta_schedule,
-                                        threshold=s.band_stats.snr_threshold)
+                                        threshold=s.band_stats.snr_threshold, shift_base=s.shift_base)
     except ValueError as err:  # counts are checked above; what is left is the threshold or schedule
         raise ConfigError(f"schedule.band_stats: {err}") from None
     s.turning_points = [int(t) for t in points]
@@ -155,10 +171,14 @@ def _check_band_variances(s) -> None:
 
 def build_schedule(cfg) -> DVDPSchedule:
     s = cfg.schedule
+    if s.shift_base is not None and not s.beta_schedule.startswith("cosine_"):
+        raise ConfigError(f"schedule.shift_base={s.shift_base} only moves the shifted schedules; with "
+                          f"beta_schedule={s.beta_schedule!r} remove it, or use cosine_shifted / cosine_interpolated.")
     try:
         return DVDPSchedule(resolution=s.resolution, root_resolution=s.root_resolution,
                             turning_points=s.turning_points, num_steps=s.num_steps,
-                            beta_schedule=s.beta_schedule, ramp=s.ramp)
+                            beta_schedule=s.beta_schedule, ramp=s.ramp, shift_base=s.shift_base,
+                            sampling_grid=s.sampling_grid)
     except ValueError as err:
         raise ConfigError(f"schedule: {err}") from None
 

@@ -81,7 +81,7 @@ def test_sigkill_and_rerun_matches_uninterrupted_run(uninterrupted, tiny_shards,
     time.sleep(0.5)  # a few steps past the checkpoint, possibly inside the next save
     assert proc.poll() is None, "the run finished before it could be killed"
     _kill_all(proc)
-    assert not (run_dir / "status.json").exists()
+    assert json.load(open(run_dir / "status.json"))["state"] == "running"  # the killed attempt's record
     done_before_kill = len(_losses(run_dir)) if (run_dir / "loss.jsonl").exists() else 0
     assert int(first[3:]) < MAX_IMAGES and done_before_kill < len(_losses(uninterrupted))
     assert (run_dir / "lock").exists()  # left by the killed attempt
@@ -192,6 +192,8 @@ def test_sigterm_checkpoints_and_exits_with_requeue_code_then_reruns(tiny_shards
     assert "data.shards" in rerun.stderr and f"resume with --shards {tiny_shards}" in rerun.stderr
     assert "'num_shards': (4, 3)" in rerun.stderr
     assert (run_dir / "config.yaml").read_text() == config_before
+    refused = json.load(open(run_dir / "status.json"))  # this attempt's outcome: no launcher requeues it
+    assert refused["state"] == "failed" and refused["reason"].startswith("ConfigError: data.shards")
 
     # a new --max-images: resumes, warns about the stretched LR decay, finishes with a final grid
     target = status["images"] + 32
@@ -202,13 +204,16 @@ def test_sigterm_checkpoints_and_exits_with_requeue_code_then_reruns(tiny_shards
     assert json.load(open(run_dir / "status.json"))["state"] == "finished"
     assert (run_dir / "samples" / "final.png").is_file()
 
-    # already finished: says so, exits 0, writes nothing
+    # already finished: says so, exits 0, writes nothing but this attempt's status.json
     before = _files(run_dir)
     rerun = _run(_cli_train(run_dir, tiny_shards, target))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    done = json.load(open(run_dir / "status.json"))["images"]
-    assert f"already at {done} images >= train.max_images={target}; nothing to train" in rerun.stdout
-    assert _files(run_dir) == before
+    done = json.load(open(run_dir / "status.json"))
+    assert done["state"] == "finished" and done["exit_code"] == 0
+    assert f"already at {done['images']} images >= train.max_images={target}; nothing to train" in rerun.stdout
+    status_file = str(run_dir / "status.json")
+    assert {k: v for k, v in _files(run_dir).items() if k != status_file} == \
+        {k: v for k, v in before.items() if k != status_file}
 
 
 def _run(cmd) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ operators, applied to basis images to obtain their matrices.
 """
 import torch
 
-from dvdp_hr.diffusion import DVDPSchedule, down, reverse_walk, step_coefficients
+from dvdp_hr.diffusion import DVDPSchedule, detail, down, reverse_walk, step_coefficients, up
 from dvdp_hr.diffusion.process import apply_step, upsample_at_turning_point
 from dvdp_hr.diffusion.sampler import posterior_noise_fn
 
@@ -21,6 +21,41 @@ def smooth_gaussian(size: int = 8, length: float = 1.5, std: float = 0.4, nugget
     sigma = std**2 * torch.exp(-dist2 / (2 * length**2)) + nugget**2 * torch.eye(size * size, dtype=DT)
     mu = 0.3 * torch.linspace(-1, 1, size, dtype=DT)[None, :].expand(size, size).reshape(-1)
     return mu, sigma
+
+
+def band_matched_gaussian(size: int, band_variances, root_variance: float, alpha: float = 2.85):
+    """A natural-image-like Gaussian on 1 x size x size images: a periodic power-law spectrum
+    S(f) ~ (|f|^2 + 1)^(-alpha / 2) (images: alpha ~ 2-3), then each orthonormal band of the pyramid
+    (the detail band Q'D_k x of stage k, and the coarsest level) rescaled to the per-coordinate
+    variance asked (orthonormal units, band_variances[k] for k = 0 .. K-1 as band_stats.py measures,
+    root_variance for the coarsest level, the 1 px root). With the ffhq1024 estimates the band rule
+    gives this Gaussian the real run's turning points."""
+    f = torch.fft.fftfreq(size, dtype=DT) * size
+    spectrum = (f[:, None] ** 2 + f[None, :] ** 2 + 1) ** (-alpha / 2)
+    basis = torch.eye(size * size, dtype=DT).reshape(-1, size, size)
+    cov = torch.fft.ifft2(torch.fft.fft2(basis) * spectrum).real.reshape(size * size, -1)
+    scale = sum(c * b for c, b in zip(_band_gains(cov, size, band_variances, root_variance), _band_projectors(size)))
+    mu = 0.3 * torch.linspace(-1, 1, size, dtype=DT)[None, :].expand(size, size).reshape(-1)
+    return mu, scale @ cov @ scale.T
+
+
+def _band_projectors(size: int) -> list[torch.Tensor]:
+    """Orthogonal projectors onto U^k Q' D^k (k = 0 .. K-1) and U^K D^K: they sum to the identity."""
+    levels = size.bit_length() - 1
+    out = []
+    for k in range(levels + 1):
+        band = (lambda x, k=k: up(detail(down(x, k)), k)) if k < levels else (lambda x: up(down(x, levels), levels))
+        out.append(linear_map(band, size * size, size))
+    return out
+
+
+def _band_gains(cov, size, band_variances, root_variance):
+    targets = list(band_variances) + [root_variance]
+    gains = []
+    for projector, target in zip(_band_projectors(size), targets):
+        per_coordinate = float(torch.trace(projector @ cov @ projector.T)) / float(torch.trace(projector))
+        gains.append((target / per_coordinate) ** 0.5)
+    return gains
 
 
 def linear_map(fn, n_in: int, size_in: int) -> torch.Tensor:
@@ -114,3 +149,22 @@ def _upsample(schedule, mean, cov, t, r):
     noise = linear_map(lambda b: upsample_at_turning_point(schedule, torch.zeros(b.shape[0], 1, r, r, dtype=DT), t, b),
                        4 * r * r, 2 * r)
     return u @ mean, u @ cov @ u.T + noise @ noise.T
+
+
+# The real run's stand-in at 16 px: 5 levels (16 -> 1) like 1024 -> 64, the same global schedule
+# (the shift 2 log(16 / 1) equals 2 log(1024 / 64)) and the band variances of configs/ffhq1024.yaml
+# (labelled face-image estimates), so the band rule gives the real turning points.
+FFHQ_BAND_VARIANCES = (0.0035, 0.0251, 0.192, 1.317)
+ROOT_VARIANCE = 256 * 0.07  # the 1 px root: pixel variance 0.07 of an image's mean, orthonormal x 16^2
+
+
+def real_run_schedules(beta_schedule: str, threshold: float = 0.03, **kwargs):
+    """(DVDP 16 -> 1 schedule with band-rule turning points, fixed-resolution 16 px schedule with
+    the same abar_t) for one of the real run's schedule choices."""
+    from dvdp_hr.diffusion import propose_turning_points
+
+    points = propose_turning_points(16, 1, FFHQ_BAND_VARIANCES, beta_schedule=beta_schedule,
+                                    threshold=threshold, shift_base=1)
+    dvdp = DVDPSchedule(16, 1, points, beta_schedule=beta_schedule, shift_base=1, **kwargs)
+    fixed = DVDPSchedule(16, 16, [], beta_schedule=beta_schedule, shift_base=1, **kwargs)
+    return dvdp, fixed

@@ -33,6 +33,19 @@ def test_publish_moves_latest_and_keeps_last_n(tmp_path):
     assert ckpt.read_meta(str(tmp_path), ckpt.make_tag(40))["counters"]["images"] == 40
 
 
+def test_milestones_outlive_keep_last_and_pruned_folders_never_look_complete(tmp_path):
+    os.makedirs(ckpt.checkpoints_dir(str(tmp_path)))
+    for images in (10, 20, 30, 45, 50, 60, 70, 80):
+        ckpt.save_checkpoint(str(tmp_path), ckpt.make_tag(images), _writer(f"w{images}"),
+                             {"counters": {"images": images}}, 100)
+        ckpt.prune(str(tmp_path), 2, keep_every_images=25)
+    # first past 0, 25, 50 and 75, plus the newest two
+    assert ckpt.list_complete(str(tmp_path)) == [ckpt.make_tag(i) for i in (10, 30, 50, 70, 80)]
+    assert ckpt.milestones([ckpt.make_tag(i) for i in (5, 30, 26)], 0) == set()
+    leftovers = [d for d in os.listdir(ckpt.checkpoints_dir(str(tmp_path))) if d.startswith(ckpt.TMP_PREFIX)]
+    assert leftovers == []
+
+
 def test_half_written_checkpoint_is_never_latest(tmp_path):
     os.makedirs(ckpt.checkpoints_dir(str(tmp_path)))
     _save(tmp_path, 10, "good")
@@ -80,5 +93,5 @@ def test_resume_with_another_world_size_stops_with_a_clear_error():
         check_resumable(meta, cfg, 4)
     changed = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny_cpu.yaml"),
                           ["model.mode=per_stage"])
-    with pytest.raises(ConfigError, match="'model' differs"):
+    with pytest.raises(ConfigError, match="'model.mode' differs"):
         check_resumable(meta, changed, 2)

@@ -158,8 +158,9 @@ def test_dry_run_prints_resolved_config_and_plan(capsys):
 def test_ffhq1024_dry_run_shows_band_stats_turning_points_and_gpu_hours(capsys):
     assert cli(["train", "--config", "configs/ffhq1024.yaml", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "turning_points:\n  - 204" in out.replace("  turning_points:", "turning_points:").replace("\n  -", "\n  -")
+    assert "turning_points:\n  - 139" in out.replace("  turning_points:", "turning_points:").replace("\n  -", "\n  -")
     assert "Expected GPU-hours per million training images" in out and "docs/gpu-facts.md" in out
     assert "sigma_perp^2=[0.0035, 0.0251, 0.192, 1.317]" in out
     cfg = load_config("configs/ffhq1024.yaml")
-    assert cfg.schedule.turning_points == [204, 468, 759, 904] and build_schedule(cfg).num_stages == 5
+    # band rule on the interpolated schedule (dvdp-math.md s9); [204, 468, 759, 904] on plain cosine
+    assert cfg.schedule.turning_points == [139, 261, 421, 584] and build_schedule(cfg).num_stages == 5

@@ -6,6 +6,8 @@ from dvdp_hr.diffusion import (DVDPSchedule, detail, down, downsample_at_turning
                                lowpass, posterior_coefficients, prediction_target, prediction_to_x0, q_step,
                                step_coefficients, training_loss, upsample_at_turning_point)
 
+from dvdp_hr.diffusion.prediction import normalised_coefficients
+
 SCHEDULE = DVDPSchedule(16, 4, [300, 600])
 TIMES = [2, 150, 299, 300, 301, 450, 599, 600, 601, 800, 1000]
 
@@ -103,7 +105,7 @@ def test_turning_points_both_ways_monte_carlo():
     assert coarse.shape == down_y.shape
 
 
-@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v", "v_orthonormal"])
 def test_prediction_conversions_round_trip(prediction):
     gen = torch.Generator().manual_seed(3)
     x0 = torch.rand(4, 3, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
@@ -131,7 +133,8 @@ def test_equal_x0_errors_give_equal_losses_in_every_parameterisation(t):
     a, sig = SCHEDULE.abar[t].sqrt(), (1 - SCHEDULE.abar[t]).sqrt()
     gain = ops_band(SCHEDULE.gamma(tt, k))
     eps = (y - a * gain(x0_hat * 2**k)) / sig  # the eps output whose x0 estimate is x0_hat
-    outputs = {"x0": x0_hat, "v": a * eps - sig * x0_hat * 2**k}
+    a_n, sig_n = normalised_coefficients(SCHEDULE, torch.tensor([t]), k)  # the network's frame (s11)
+    outputs = {"x0": x0_hat, "v_orthonormal": a * eps - sig * x0_hat * 2**k, "v": a_n * eps - sig_n * x0_hat}
     if float(SCHEDULE.gamma(t, k)) > 0.1:
         outputs["eps"] = eps
     losses = {p: training_loss(SCHEDULE, out, x0, noise, tt, p) for p, out in outputs.items()}

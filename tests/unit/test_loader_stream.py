@@ -153,3 +153,26 @@ def test_bad_arguments_are_named(shards):
     ]:
         with pytest.raises(ValueError, match=message):
             StageStream(urls, 8, **{"batch_size": 2, "seed": 0, **kwargs})
+
+
+def test_loader_workers_survive_the_stop_signals(shards):
+    """SLURM signals every process of a job step: the loader's workers must ignore SIGTERM/SIGUSR1/
+    SIGUSR2 (the trainer checkpoints and ends them), or the DataLoader raises mid-step."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    stream = StageStream(stage_urls(str(shards), 8), 8, 2, seed=0, num_workers=2, shuffle_buffer=4)
+    batches = iter(stream)
+    next(batches), next(batches)  # one batch from each worker: both have run their init
+    workers = psutil.Process(os.getpid()).children()
+    assert len(workers) == 2
+    for worker in workers:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            os.kill(worker.pid, sig)
+    time.sleep(0.5)
+    assert all(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    for _ in range(12):  # more than an epoch per worker: both keep producing
+        assert next(batches).shape == (2, 3, 8, 8)
