@@ -41,7 +41,8 @@ class SampleJob:
     device: str = "auto"
     progress_seconds: float = 30.0
     grid: str | None = None  # uniform | logsnr | descending times "1000,750,..."; None: the schedule's
-    variance_correction: bool = False  # short-ramp correction with the model config's band variances
+    # short-ramp correction with the model config's band variances: auto = on when the config has them
+    variance_correction: str = "auto"
 
 
 def join_ranks() -> dist_env.DistEnv:
@@ -82,7 +83,7 @@ def run_sample(job: SampleJob) -> int:
     if job.out:
         return _grid(job, model.to(device), schedule, seeds, batch, precision, device, ranks, options)
     settings = {"seeds": job.seeds, "count": len(seeds), "steps": options["steps"], "method": job.method,
-                "grid": job.grid, "variance_correction": job.variance_correction,
+                "grid": job.grid, "variance_correction": options["variance_correction"] is not None,
                 "eta": job.eta if job.method == "ddim" else 1.0, "precision": precision, "batch": batch,
                 "shard_size": job.shard_size, "schedule": schedule.to_dict(),
                 "model": weights_digest(model) if ranks.rank == 0 else None}
@@ -109,8 +110,8 @@ def _sampler_options(job: SampleJob) -> dict:
     from dvdp_hr.train.confutil import ConfigError
 
     grid = parse_grid(job.grid) if job.grid else None
-    correction = read_band_variances(job.model, job.checkpoint) if job.variance_correction else None
-    if job.variance_correction and correction is None:
+    correction = None if job.variance_correction == "off" else read_band_variances(job.model, job.checkpoint)
+    if job.variance_correction == "on" and correction is None:
         raise ConfigError(f"--variance-correction needs band variances in {job.model}'s config "
                           "(schedule.band_stats.sigma_perp2): put data_tools/band_stats.py's output there, "
                           "or sample without the correction.")
