@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
         cfg = _load(args, args.run_dir)
         from dvdp_hr.train.loop import train
 
-        return attempt.done(train(cfg, args.run_dir))
+        return attempt.done(train(cfg, args.run_dir, reshard=args.reshard))
 
 
 def _print_plan(cfg, with_config: bool) -> int:
@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int)
     p.add_argument("--checkpoint-every", type=int, help="images between checkpoints")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and per-stage plan")
+    p.add_argument("--reshard", action="store_true",
+                   help="resume a checkpoint written on another number of ranks (not exact: weights, optimizer "
+                        "state and EMA are kept, the data streams restart)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("plan", help="print the per-stage plan of a config")
     _config_args(p)

@@ -1,9 +1,11 @@
 """The only module of dvdp_hr that imports DeepSpeed: engine setup, steps, ZeRO checkpoints."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
+import shutil
 from datetime import timedelta
 from typing import Iterator
 
@@ -135,6 +137,24 @@ class Engine:
             state.update({n: b.detach().to("cpu").clone() for n, b in self.ds.module.named_buffers()})
         return state if keep else None
 
+    def set_master_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Overwrite every trained parameter's fp32 master and module copy with `state` (full
+        values, e.g. `consolidated_fp32`); optimizer moments are left as they are. Collective under ZeRO-3."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for name, param in self.ds.module.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name not in state:
+                raise RuntimeError(f"the consolidated checkpoint has no weights for trained parameter {name!r}")
+            value = state[name].to(self.device, torch.float32)
+            safe_set_full_fp32_param(param, value)
+            if self.zero_stage == 3:
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                    param.data.copy_(value.to(param.dtype))
+        if self.zero_stage in (1, 2):
+            self.ds.optimizer.update_lp_params()  # module (bit16 or fp32 working) copies from the masters
+
     def save(self, save_dir: str, tag: str) -> None:
         self.ds.save_checkpoint(save_dir, tag=tag, save_latest=False)
 
@@ -143,3 +163,38 @@ class Engine:
                                           load_lr_scheduler_states=False, load_module_strict=True)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {os.path.join(save_dir, tag)}.")
+
+    def load_universal(self, universal_root: str, tag: str) -> None:
+        """Weights and optimizer state from a universal checkpoint (`to_universal`'s output,
+        universal_root/tag) on this engine's data-parallel size, whatever the writer's was.
+        DeepSpeed reads `checkpoint.load_universal` only while loading: it is set for this call alone."""
+        config = self.ds._config
+        before = config.load_universal_checkpoint
+        config.load_universal_checkpoint = True
+        try:
+            path, _ = self.ds.load_checkpoint(universal_root, tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False, load_module_strict=True)
+        finally:
+            config.load_universal_checkpoint = before
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load universal checkpoint {os.path.join(universal_root, tag)}.")
+
+
+def to_universal(save_dir: str, tag: str, out_dir: str) -> None:
+    """Convert the ZeRO checkpoint save_dir/tag into a universal one in out_dir (DeepSpeed's
+    ds_to_universal, in this process: no worker pools). Reads the checkpoint, never writes to it."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    shutil.rmtree(out_dir, ignore_errors=True)  # a conversion cut short earlier
+    args = argparse.Namespace(input_folder=os.path.join(save_dir, tag), output_folder=out_dir,
+                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                              strict=True, inject_missing_state=True)
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # it prints every step
+        ds_to_universal(args)
+
+
+def consolidated_fp32(save_dir: str, tag: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of the trained parameters of ZeRO checkpoint save_dir/tag (any stage)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(save_dir, tag=tag)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from functools import partial
 
@@ -31,9 +32,14 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointManager:
-    def __init__(self, cfg, run_dir: str, env, engine, ema, streams):
+    def __init__(self, cfg, run_dir: str, env, engine, ema, streams, reshard: bool = False, stream_factory=None):
+        """`streams`: the Trainer's {stage: StageStream}, replaced in place when a resume needs
+        reseeded ones (`stream_factory(reseed)` builds them). `reshard`: a checkpoint written on
+        another world size is resumed non-exactly instead of refused (`_reshard`)."""
         self.cfg, self.run_dir, self.env = cfg, run_dir, env
         self.engine, self.ema, self.streams = engine, ema, streams
+        self.reshard, self.stream_factory = reshard, stream_factory
+        self.data_reseed: int | None = None  # image count of the last reshard (kept in meta.json)
         self.is_rank0 = env.rank == 0
         self.writer = BackgroundWriter(cfg.checkpoint.background)
         self.lock: RunLock | None = None
@@ -45,15 +51,18 @@ class CheckpointManager:
         """Lock the run and resume from the newest checkpoint that verifies on every rank, if any.
         A finished run returns at once, locking and writing nothing. RUN/config.yaml is written
         only once the whole resume succeeded: a rejected attempt leaves the run's files as they were."""
-        finished = finished_checkpoint(self.run_dir, self.cfg, self.env.world_size)
+        finished = finished_checkpoint(self.run_dir, self.cfg, self.env.world_size, self.reshard)
         if finished is not None:
             return finished
         candidates = self._lock_run()
         chosen = choose_checkpoint(self.run_dir, candidates, self.env.rank, self.env.world_size)
         resumed = None
         if chosen is not None:
-            check_resumable(chosen[1], self.cfg, self.env.world_size)
-            resumed = self._load(*chosen)
+            check_resumable(chosen[1], self.cfg, self.env.world_size, self.reshard)
+            if chosen[1]["world_size"] != self.env.world_size:
+                resumed = self._reshard(*chosen)
+            else:
+                resumed = self._load(*chosen)
         if self.is_rank0:
             self.provenance = _provenance(self.cfg)
             save_run_config(self.run_dir, self.cfg)
@@ -84,19 +93,73 @@ class CheckpointManager:
     def _load(self, tag: str, meta: dict) -> Resumed:
         ckpt_dir = os.path.join(ckpt.checkpoints_dir(self.run_dir), tag)
         state = ckpt.load_rank_state(ckpt_dir, self.env.rank)
+        if meta.get("data_reseed") is not None:  # the run was resharded before: its streams were reseeded then
+            self._replace_streams(meta["data_reseed"])
         self._load_streams(state["data"], tag, meta)  # first: the cheapest check that can still fail
         self.engine.load(ckpt.checkpoints_dir(self.run_dir), tag)
         self.ema.load(ckpt_dir)
         ckpt.restore_rng(state["rng"])
         c = meta["counters"]
         print0(f"resuming from checkpoint {tag}: {c['images']} images, step {c['step']}")
+        return self._resumed(meta)
+
+    def _resumed(self, meta: dict) -> Resumed:
+        self._warn_max_images(meta)
+        window = {int(k): list(v) for k, v in meta.get("loss_window", {}).items()}
+        return Resumed(dict(meta["counters"]), wandb_id=meta.get("wandb_id"), loss_window=window)
+
+    def _replace_streams(self, reseed: int) -> None:
+        self.data_reseed = int(reseed)
+        fresh = self.stream_factory(self.data_reseed)
+        self.streams.clear()
+        self.streams.update(fresh)
+
+    def _reshard(self, tag: str, meta: dict) -> Resumed:
+        """Non-exact resume of a checkpoint written on another world size (--reshard): weights and
+        optimizer state through a DeepSpeed universal checkpoint (RUN/reshard/<tag>, converted by
+        rank 0, deleted once every rank loaded it; the checkpoint itself is only read), the full EMA
+        files as always, counters continued, data streams restarted with a seed mixing in the image
+        count. If the conversion fails, the fp32 weights are consolidated from the ZeRO shards and
+        the optimizer state starts fresh (said in the log)."""
+        from dvdp_hr.distributed.engine import consolidated_fp32, to_universal
+
+        root, c = ckpt.checkpoints_dir(self.run_dir), meta["counters"]
+        saved_world, world = meta["world_size"], self.env.world_size
+        self._replace_streams(c["images"])
+        universal_root = os.path.join(self.run_dir, "reshard")
+        failure = None
+        if self.is_rank0:
+            try:
+                to_universal(root, tag, os.path.join(universal_root, tag))
+            except Exception as err:  # noqa: BLE001 - every rank must learn it and take the fallback
+                log.exception("universal conversion of checkpoint %s failed", tag)
+                failure = f"{type(err).__name__}: {err}"
+        failure = broadcast_from0(failure)
+        try:
+            if failure is None:
+                self.engine.load_universal(universal_root, tag)
+                kept = "weights, optimizer state (DeepSpeed universal checkpoint) and EMA are kept"
+            else:
+                self.engine.set_master_weights(consolidated_fp32(root, tag))
+                kept = (f"weights (consolidated fp32) and EMA are kept, the OPTIMIZER STATE RESTARTS "
+                        f"(universal conversion failed: {failure})")
+            gather_all(None)  # every rank has read the universal folder
+        finally:
+            if self.is_rank0:
+                shutil.rmtree(universal_root, ignore_errors=True)
+        self.ema.load(os.path.join(root, tag))
+        print0(f"warning: --reshard: checkpoint {tag} was written by {saved_world} ranks, this run has {world}: "
+               f"the resume is NOT exact. {kept}; images ({c['images']}) and step ({c['step']}) continue; the "
+               f"data streams restart in a new order (seeded with the image count), so the images seen from "
+               f"here differ from a {saved_world}-rank run's. New checkpoints record world size {world}.")
+        return self._resumed(meta)
+
+    def _warn_max_images(self, meta: dict) -> None:
         before = meta["config"]["train"]["max_images"]
         if before != self.cfg.train.max_images:
             print0(f"warning: train.max_images changed from {before} (checkpoint) to {self.cfg.train.max_images}: "
                    f"the learning-rate schedule follows images / train.max_images, so its decay "
                    f"(optim.decay={self.cfg.optim.decay}) is stretched over the new total from here on.")
-        window = {int(k): list(v) for k, v in meta.get("loss_window", {}).items()}
-        return Resumed(dict(c), wandb_id=meta.get("wandb_id"), loss_window=window)
 
     def _load_streams(self, data_state: dict, tag: str, meta: dict) -> None:
         original = meta["config"]["data"]["shards"]
@@ -155,7 +218,8 @@ class CheckpointManager:
         return {"counters": dict(counters), "world_size": self.env.world_size, "wandb_id": wandb_id,
                 "loss_window": {str(k): list(v) for k, v in loss_window.items()},
                 "config": self.cfg.to_dict(), "ema_decays": self.ema.labels,
-                "trained_stages": self.cfg.trained_stages(), "provenance": self.provenance}
+                "trained_stages": self.cfg.trained_stages(), "provenance": self.provenance,
+                "data_reseed": self.data_reseed}
 
     def _write_rank0(self, tag: str, folder: str, emas: dict, raw: dict | None, others: dict, meta: dict) -> None:
         """Rank 0's part of a save (in the writer): its files, their checksums, then publication."""

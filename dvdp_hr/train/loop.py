@@ -49,7 +49,7 @@ class Counters:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: str):
+    def __init__(self, cfg: RunConfig, run_dir: str, reshard: bool = False):
         from dvdp_hr.distributed.engine import Engine, init_distributed
 
         self.cfg, self.run_dir = cfg, run_dir
@@ -69,7 +69,10 @@ class Trainer:
         self.ema.attach(self.engine)
         self._grid_drawn_at = -1  # image count of the last sample grid
         self.streams = make_streams(cfg, self.schedule, self.env.rank, self.env.world_size)
-        self.checkpoints = CheckpointManager(cfg, run_dir, self.env, self.engine, self.ema, self.streams)
+        rank, world = self.env.rank, self.env.world_size
+        self.checkpoints = CheckpointManager(
+            cfg, run_dir, self.env, self.engine, self.ema, self.streams, reshard=reshard,
+            stream_factory=lambda reseed: make_streams(cfg, self.schedule, rank, world, reseed))
         self.weights = stage_weights(cfg, self.schedule)
         self.counters, self.wandb_id = Counters(), None
         # per-stage [sum, count] of the reduced losses since the last stats line (kept in checkpoints)
@@ -307,7 +310,8 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and before // every != after // every
 
 
-def train(cfg: RunConfig, run_dir: str) -> int:
+def train(cfg: RunConfig, run_dir: str, reshard: bool = False) -> int:
     """Train (or resume) the run in `run_dir`; returns the process exit code (0, or
-    REQUEUE_EXIT_CODE after a stop signal)."""
-    return Trainer(cfg, run_dir).run()
+    REQUEUE_EXIT_CODE after a stop signal). `reshard`: resume (not exactly) a checkpoint written
+    on another world size instead of refusing it."""
+    return Trainer(cfg, run_dir, reshard).run()

@@ -22,13 +22,15 @@ def _lookup(tree: dict, dotted: str):
     return tree
 
 
-def check_resumable(meta: dict, cfg, world_size: int) -> None:
+def check_resumable(meta: dict, cfg, world_size: int, reshard: bool = False) -> None:
+    """`reshard`: a different world size is accepted (a non-exact resume, see checkpointing)."""
     saved_world = meta["world_size"]
-    if saved_world != world_size:
+    if saved_world != world_size and not reshard:
         raise ConfigError(
             f"The latest checkpoint was written by {saved_world} ranks but this run has {world_size}. Per-rank "
-            f"data positions and ZeRO shards are tied to the world size: relaunch with {saved_world} processes, "
-            f"or export the weights (`dvdp-hr export`) and start a new run.")
+            f"data positions and ZeRO shards are tied to the world size: relaunch with {saved_world} processes "
+            f"to resume exactly, or add --reshard to resume on {world_size} (not exact: weights, optimizer "
+            f"state and EMA are kept, the data streams restart).")
     current, saved = cfg.to_dict(), _saved_config(meta["config"])
     for key in FROZEN_KEYS:
         if _lookup(saved, key) != _lookup(current, key):

@@ -26,7 +26,7 @@ class Resumed:
     loss_window: dict = field(default_factory=dict)
 
 
-def finished_checkpoint(run_dir: str, cfg, world_size: int) -> Resumed | None:
+def finished_checkpoint(run_dir: str, cfg, world_size: int, reshard: bool = False) -> Resumed | None:
     """The run is already at train.max_images by the checkpoint `latest` names: Resumed(finished)
     (read-only, no lock: a finished run exits at once and writes nothing), else None."""
     tag = ckpt.latest_name(run_dir)
@@ -39,7 +39,7 @@ def finished_checkpoint(run_dir: str, cfg, world_size: int) -> Resumed | None:
     images, limit = meta["counters"]["images"], cfg.train.max_images
     if images < limit:
         return None
-    check_resumable(meta, cfg, world_size)
+    check_resumable(meta, cfg, world_size, reshard)
     print0(f"already at {images} images >= train.max_images={limit}; nothing to train")
     return Resumed(meta["counters"], finished=True)
 

@@ -32,18 +32,28 @@ def optimizer_groups(model: torch.nn.Module, cfg) -> tuple[list[dict], list[set[
     return groups, [{k} for k in cfg.trained_stages()]
 
 
-def make_streams(cfg, schedule, rank: int, world_size: int) -> dict:
-    """One resumable data stream per trained stage, at that stage's resolution and micro-batch."""
+def make_streams(cfg, schedule, rank: int, world_size: int, reseed: int | None = None) -> dict:
+    """One resumable data stream per trained stage, at that stage's resolution and micro-batch.
+    `reseed`: the image count at which a resharded run restarted its streams (mixed into the seed,
+    so the new order does not replay the run's start); None for the original order."""
     from dvdp_hr.data import StageStream, stage_urls
 
     streams = {}
     for k in cfg.trained_stages():
+        seed = cfg.train.seed + 1000 * k if reseed is None else _reseeded(cfg.train.seed, k, reseed)
         res = schedule.stage_resolution(k)
         streams[k] = StageStream(stage_urls(cfg.data.shards, res), res, cfg.train.micro_batch[k],
-                                 seed=cfg.train.seed + 1000 * k, rank=rank, world_size=world_size,
+                                 seed=seed, rank=rank, world_size=world_size,
                                  num_workers=workers_for_stage(cfg, k), shuffle_buffer=cfg.data.shuffle_buffer,
                                  flip=cfg.data.flip, pin_memory=torch.cuda.is_available())
     return streams
+
+
+def _reseeded(seed: int, k: int, images: int) -> int:
+    import hashlib
+
+    digest = hashlib.sha256(f"dvdp-reshard:{seed}:{k}:{images}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1  # a non-negative 31-bit seed
 
 
 __all__ = ["build_schedule", "build_model", "make_streams", "optimizer_groups"]

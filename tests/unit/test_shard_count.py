@@ -56,13 +56,13 @@ def test_fewer_shards_than_ranks_says_no_worker_count_helps(shards):
         check_shard_count(cfg, build_schedule(cfg), world_size=16)
 
 
-def test_the_real_run_with_70_shards_is_refused_and_768_pass():
+def test_the_real_run_with_70_shards_is_refused_and_768_pass():  # configs/ffhq1024.yaml: 2 workers per stage
     cfg = load_config(FFHQ, ["data.shards=pipe:curl -s https://host/{res}/shard-{000000..000069}.tar"])
     schedule = build_schedule(cfg)
     with pytest.raises(ConfigError) as refusal:
         check_shard_count(cfg, schedule, world_size=64)
     for res in (1024, 512, 256, 128, 64):
-        assert f"({res}x{res}): 70 shards < 384 slots (64 ranks x 6 workers)" in str(refusal.value)
+        assert f"({res}x{res}): 70 shards < 128 slots (64 ranks x 2 workers)" in str(refusal.value)
     assert "--num-shards N" in str(refusal.value)
     cfg.data.shards = "data/{res}/shard-{000000..000760}.tar"  # what --num-shards 768 gives for 70,000
     assert check_shard_count(cfg, schedule, world_size=64) == []
