@@ -209,10 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ancestral is eta=1)")
     p.add_argument("--grid", help="step grid: uniform or logsnr (default: the model's schedule.sampling_grid), "
                                   "or descending times such as 1000,750,500,250,0 (then --steps is ignored)")
-    p.add_argument("--variance-correction", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--variance-correction", choices=("auto", "on", "off"), default="off",
                    help="short-ramp variance correction (dvdp-math.md s7) with the band variances of the "
-                        "model's config (schedule.band_stats.sigma_perp2); auto: on when the config has them "
-                        "(the oracle's best setting for every sampler and grid)")
+                        "model's config (schedule.band_stats.sigma_perp2); auto: on when the config has them. "
+                        "Off by default: best on the Gaussian oracle, but worse on trained models so far "
+                        "(bench/results/schedule_ab.md)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="denoiser autocast (the sampler state stays fp32); auto: bf16 on CUDA, fp32 on CPU")
     p.add_argument("--shards", type=int, default=0, metavar="N",

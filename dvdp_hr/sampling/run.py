@@ -41,8 +41,9 @@ class SampleJob:
     device: str = "auto"
     progress_seconds: float = 30.0
     grid: str | None = None  # uniform | logsnr | descending times "1000,750,..."; None: the schedule's
-    # short-ramp correction with the model config's band variances: auto = on when the config has them
-    variance_correction: str = "auto"
+    # short-ramp correction with the model config's band variances: on | off | auto (on when the config
+    # has them); off by default: it helps the Gaussian oracle but hurt trained models (schedule_ab)
+    variance_correction: str = "off"
 
 
 def join_ranks() -> dist_env.DistEnv:

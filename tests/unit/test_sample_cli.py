@@ -1,5 +1,5 @@
 """`dvdp-hr sample --variance-correction`: on needs band variances in the model's config (clear
-error, exit 2); auto uses them when present and samples without them otherwise."""
+error, exit 2); auto uses them when present and samples without them otherwise; off is the default."""
 import os
 
 from dvdp_hr.cli import main as cli
@@ -13,4 +13,4 @@ def test_variance_correction_on_without_band_stats_names_the_fix(tmp_path, capsy
     assert cli([*args, "--variance-correction", "on"]) == 2
     assert "schedule.band_stats.sigma_perp2" in capsys.readouterr().err
     assert not os.path.exists(grid)
-    assert cli(args) == 0 and os.path.isfile(grid)  # auto: no band variances, no correction
+    assert cli([*args, "--variance-correction", "auto"]) == 0 and os.path.isfile(grid)  # none: no correction
