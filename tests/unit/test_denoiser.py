@@ -4,15 +4,14 @@ config errors and the sampler contract."""
 import pytest
 import torch
 
-from dvdp_hr.diffusion import DVDPSchedule, prediction_target, sample
+from dvdp_hr.diffusion import prediction_target, sample
 from dvdp_hr.models import ModelConfig, build_denoiser, count_parameters
-from model_fixtures import randomise
+from model_fixtures import randomise, three_stage_schedule
 
 
 @pytest.fixture(scope="module")
 def schedule():
-    return DVDPSchedule(resolution=64, root_resolution=16, turning_points=[300, 600],
-                        num_steps=1000, beta_schedule="cosine")
+    return three_stage_schedule()
 
 
 def stage_batch(schedule, k, batch=2, seed=0):
