@@ -12,8 +12,8 @@ Outputs: DIR/manifest.json, DIR/rejected.json. The shard bytes do not depend on 
 
 A training run splits each set by whole shards over world_size x num_workers reading slots and
 refuses a set with fewer shards than slots: --num-shards N (shard size ceil(images / N)) sizes the
-sets for a run. 768 gives FFHQ's 70,000 images 761 shards of 92: about two per slot for 64 GPUs x 6
-workers (384 slots).
+sets for a run. 768 gives FFHQ's 70,000 images 761 shards of 92: enough for 64 GPUs x 6 workers
+(384 slots), and ~6 per slot with configs/ffhq1024.yaml's 2 workers per stage (128 slots).
 """
 
 import argparse
