@@ -2,7 +2,9 @@
 
 Exactness: the stage of step n, the timesteps, the noise and the global RNG (dropout) are pure
 functions of (seed, step, rank); data streams, weights, optimizer and EMA come from the checkpoint.
-A run killed at any point and rerun therefore repeats the uninterrupted run bit for bit.
+A run killed at any point and rerun therefore repeats the uninterrupted run bit for bit on CPU
+(tested); on GPUs, kernels chosen by cudnn.benchmark and atomic reductions can differ between runs,
+so a resumed GPU run matches to float rounding, not bit for bit.
 """
 from __future__ import annotations
 
