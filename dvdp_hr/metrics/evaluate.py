@@ -81,7 +81,7 @@ def source_stats(job: FeatureJob, extractor, device, rank: int = 0, world: int =
             dim = feats.shape[1]
         if progress:
             progress(inputs.shape[0])
-    return stats.reduced(_common_dim(dim))
+    return stats.reduced(common_dim(dim))
 
 
 def image_stats(images: dict[int, np.ndarray] | list[np.ndarray], extractor, device, batch: int = 32,
@@ -99,7 +99,7 @@ def image_stats(images: dict[int, np.ndarray] | list[np.ndarray], extractor, dev
     return stats
 
 
-def _common_dim(dim: int) -> int:
+def common_dim(dim: int) -> int:
     from dvdp_hr.distributed.collect import gather_rows
 
     return int(gather_rows(torch.tensor([[dim]], dtype=torch.long)).max())

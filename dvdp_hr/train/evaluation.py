@@ -92,10 +92,10 @@ class _FidAccumulator:
     def scores(self) -> dict:
         if not self.enabled:
             return {}
-        from dvdp_hr.metrics.evaluate import _common_dim, scores
+        from dvdp_hr.metrics.evaluate import common_dim, scores
 
         local_dim = self.stats.sum.shape[0] if self.stats.sum is not None else 0
-        stats = self.stats.reduced(_common_dim(local_dim))
+        stats = self.stats.reduced(common_dim(local_dim))
         return {"fid": scores(stats, self.ref)["fid"]}
 
 

@@ -5,6 +5,7 @@ distribution is Gaussian and can be propagated exactly (mean vector, covariance 
 The propagation reuses the library's own reverse_walk, step_coefficients, apply_step and turning-point
 operators, applied to basis images to obtain their matrices.
 """
+import pytest
 import torch
 
 from dvdp_hr.diffusion import DVDPSchedule, detail, down, reverse_walk, step_coefficients, up
@@ -168,3 +169,13 @@ def real_run_schedules(beta_schedule: str, threshold: float = 0.03, **kwargs):
     dvdp = DVDPSchedule(16, 1, points, beta_schedule=beta_schedule, shift_base=1, **kwargs)
     fixed = DVDPSchedule(16, 16, [], beta_schedule=beta_schedule, shift_base=1, **kwargs)
     return dvdp, fixed
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Small float64 algebra: one thread is fastest and immune to a loaded machine (imported, it
+    applies to every test of the importing module)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

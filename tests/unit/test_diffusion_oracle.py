@@ -10,20 +10,12 @@ import pytest
 import torch
 
 from dvdp_hr.diffusion import DVDPSchedule, detail, sample, step_grid
-from gaussian_oracle import GaussianOracle, frechet_distance, linear_map, propagate, smooth_gaussian
+from gaussian_oracle import (GaussianOracle, frechet_distance, linear_map, propagate, single_thread,  # noqa: F401
+                             smooth_gaussian)
 
 MU, SIGMA = smooth_gaussian(size=8)
 LONG_RAMPS, MID_RAMPS, EARLY, SHORT = (300, 600), (150, 400), (40, 150), (20, 60)
 REPORT: list[str] = []
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """64x64 float64 algebra: one thread is fastest and immune to a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -10,19 +10,12 @@ import torch
 
 from dvdp_hr.diffusion import step_grid
 from dvdp_hr.train.config import load_config
+from gaussian_oracle import single_thread  # noqa: F401 - the module's autouse one-thread fixture
 from gaussian_oracle import (FFHQ_BAND_VARIANCES, ROOT_VARIANCE, GaussianOracle, band_matched_gaussian,
                              frechet_distance, propagate, real_run_schedules)
 
 MU, SIGMA = band_matched_gaussian(16, FFHQ_BAND_VARIANCES, ROOT_VARIANCE)
 SHIPPED = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "ffhq1024.yaml")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache
