@@ -12,7 +12,9 @@ MODES = ("shared", "per_stage")
 
 @dataclass
 class ModelConfig:
-    mode: str = "shared"                    # "shared": one UNet + stage embedding; "per_stage"
+    # "shared": one UNet for every stage (t and a stage embedding tell it which); "per_stage": one UNet per stage,
+    # trainable as separate runs (train.stages) and merged by `dvdp-hr export`
+    mode: str = "shared"
     preset: str = "tiny"                    # a MODEL_PRESETS name
     stage_presets: list[str] | None = None  # per_stage only: one preset per stage, finest first
     prediction: str = "x0"                  # "x0" | "eps" | "v" | "v_orthonormal" (dvdp-math.md s6, s11)

@@ -20,20 +20,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class BandStats:
     """Per-coordinate detail-band variances behind automatic turning points (dvdp-math.md s8)."""
-    source: str = ""
+    source: str = ""  # where the variances come from (a label, printed in the dry-run plan)
     sigma_perp2: list = field(default_factory=list)  # one per boundary k -> k+1, orthonormal units
-    snr_threshold: float = 0.05
+    snr_threshold: float = 0.05  # a stage ends where its removed band's SNR drops below this (s8)
 
 
 @dataclass
 class ScheduleConfig:
-    resolution: int = 64
-    root_resolution: int = 16
-    num_steps: int = 1000
+    resolution: int = 64  # finest (output) image size in pixels
+    root_resolution: int = 16  # coarsest stage's size: resolution / 2**K for K stage boundaries
+    num_steps: int = 1000  # diffusion timesteps T, shared by all stages
     turning_points: Union[list, str] = field(default_factory=lambda: [300, 600])  # or "auto"
     # linear | cosine | cosine_shifted | cosine_interpolated (dvdp-math.md s9)
     beta_schedule: str = "linear"
-    ramp: str = "cosine"
+    ramp: str = "cosine"  # how gamma falls from 1 to 0 between turning points: cosine | linear (s3)
     band_stats: Optional[BandStats] = None
     # the shifted cosines move log-SNR by 2 log(resolution / shift_base); None = root_resolution
     shift_base: Optional[int] = None
@@ -44,8 +44,8 @@ class ScheduleConfig:
 class DataConfig:
     shards: Optional[str] = None  # make_shards output dir, or URL pattern with a {res} field
     num_workers: Union[int, list] = 0  # loader workers per rank: one number, or one per stage (finest first)
-    shuffle_buffer: int = 1000
-    flip: bool = True
+    shuffle_buffer: int = 1000  # samples each reading slot shuffles over; 1 = no shuffling
+    flip: bool = True  # random horizontal flips
 
 
 @dataclass
@@ -55,24 +55,24 @@ class OptimConfig:
     betas: list = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
-    warmup_images: int = 0
+    warmup_images: int = 0  # linear warmup length in training images; 0 = none
     decay: str = "constant"  # constant | cosine | linear, over the images after warmup
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine/linear decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
-    max_images: int = 10_000
+    max_images: int = 10_000  # training length in images (all stages); the lr schedule spans it
     stages: Optional[list] = None  # subset of stages to train; None = all
     stage_weights: Optional[list] = None  # None = proportional to each stage's timesteps
-    micro_batch: list = field(default_factory=lambda: [8, 8, 8])
-    grad_accum: list = field(default_factory=lambda: [1, 1, 1])
+    micro_batch: list = field(default_factory=lambda: [8, 8, 8])  # per GPU, one per stage (finest first)
+    grad_accum: list = field(default_factory=lambda: [1, 1, 1])  # micro-batches per optimizer step, per stage
     global_batch: Optional[list] = None  # optional check: micro * accum * world_size
-    zero_stage: int = 2
+    zero_stage: int = 2  # DeepSpeed ZeRO stage: 1 | 2 | 3
     precision: str = "fp32"  # fp32 | bf16
-    snr_gamma: float = 5.0
+    snr_gamma: float = 5.0  # min_snr weightings: the clamp gamma in min(SNR, gamma)
     # min_snr | min_snr_orthonormal | eps_mse | edm (dvdp-math.md s11). The default keeps the loss of
     # runs started before it existed; configs that predate it also keep the old "v" (v_orthonormal).
     loss_weighting: str = "min_snr_orthonormal"
@@ -85,18 +85,18 @@ class TrainConfig:
 
 @dataclass
 class EMAConfig:
-    decays: list = field(default_factory=lambda: [0.999])
+    decays: list = field(default_factory=lambda: [0.999])  # per-step decays, one EMA model each
     # Alternative to decays: EMA half-lives in training images (EDM2-style length). Images per step
     # vary between stages, so the per-step decay is 0.5 ** (images_this_step / halflife).
     halflife_images: Optional[list] = None
-    every_steps: int = 1
+    every_steps: int = 1  # update the EMA models every N optimizer steps
 
 
 @dataclass
 class CheckpointConfig:
-    every_images: int = 5000
+    every_images: int = 5000  # checkpoint cadence in training images
     every_minutes: float = 0.0  # wall-clock cadence besides images and signals; 0 = off
-    keep_last: int = 3
+    keep_last: int = 3  # most recent checkpoints kept on disk
     keep_every_images: int = 0  # also keep the first checkpoint past every multiple (roll-back points); 0 = off
     background: bool = True  # rank 0's files (EMA, raw weights, meta) written by a thread while training goes on
     raw_weights: str = "final"  # when raw.safetensors is written: "final" (final and stop checkpoints) | "every"
@@ -105,7 +105,7 @@ class CheckpointConfig:
 
 @dataclass
 class DistributedConfig:
-    """Process-group and DeepSpeed communication settings (docs in the README's config reference)."""
+    """Process-group and DeepSpeed communication settings (every key: docs/config-reference.md)."""
     timeout_minutes: float = 30.0  # a dead rank fails the collective after this long instead of idling all GPUs
     overlap_comm: bool = True  # ZeRO-2/3: reduce gradient buckets while backward continues
     reduce_bucket_size: int = 50_000_000  # elements per gradient reduction bucket
@@ -117,13 +117,13 @@ class DistributedConfig:
 
 @dataclass
 class LoggingConfig:
-    every_steps: int = 10
+    every_steps: int = 10  # log metrics every N optimizer steps
     wandb_mode: str = "offline"  # offline | online | disabled
     wandb_project: str = "dvdp_hr"
     sample_every_images: int = 0  # 0 = no periodic sample grids
-    sample_count: int = 16
-    sample_steps: int = 50
-    progress: bool = True
+    sample_count: int = 16  # images per sample grid (periodic and final); 0 = no grids
+    sample_steps: int = 50  # sampling steps for the grids
+    progress: bool = True  # rank 0 progress: a bar on a terminal, log lines otherwise
     progress_every_seconds: float = 60.0  # log-line progress cadence when stdout is not a terminal (SLURM logs)
 
 
@@ -132,7 +132,7 @@ class EvalConfig:
     """Evaluation during training (dvdp_hr/train/evaluation.py): every rank samples its share."""
     every_images: int = 0  # 0 = off; each evaluation follows a checkpoint at the same step
     count: int = 256  # samples (seeds 0..count-1) and data images (the first `count` of the shard set)
-    steps: int = 50
+    steps: int = 50  # sampling steps per evaluation sample
     batch: int = 0  # sampling micro-batch; 0 = the engine's default for the resolution
     inception: Optional[str] = None  # Inception weights (inception-2015-12-05.pt): FID beside SWD
     ref_stats: Optional[str] = None  # reference statistics (dvdp-hr ref-stats) for FID
@@ -142,7 +142,7 @@ class EvalConfig:
 class PlanConfig:
     """Figures for the dry-run cost plan; `throughput_source` labels where the throughputs come from.
     Memory is OUR network's, measured by dvdp_hr.train.memory; `memory_gib` only overrides its fit check."""
-    gpu_memory_gib: float = 80.0
+    gpu_memory_gib: float = 80.0  # memory of one GPU for the plan's fit check
     memory_reserve_fraction: float = 0.1  # of gpu_memory_gib kept free (fragmentation, CUDA context, workspaces)
     throughput_img_s: dict = field(default_factory=dict)  # resolution -> train img/s per GPU
     # resolution -> peak GiB of OUR network measured on a GPU at the configured micro-batch
