@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch 2.14.1 + torchvision 0.29.1 pair; the CPU-only torch 2.13 cannot be paired with torchvision here.
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,demo]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,8 +21,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
+# DVDP vs fixed resolution on CPU (~10 min on 2 cores); DEMO_ARGS e.g. "--inception /path/to/inception-2015-12-05.pt"
 demo: $(STAMP)
-	$(VENV)/bin/dvdp-hr demo --run-dir runs/demo
+	$(VENV)/bin/dvdp-hr demo --run-dir runs/demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

@@ -58,6 +58,6 @@ def photo_crops(count: int, size: int = 64, seed: int = 0) -> np.ndarray:
     demo's real photographs only; bench/schedule_ab.py). Needs scikit-image."""
     photos = _photos()
     if not photos:
-        raise RuntimeError("photo_crops needs scikit-image's bundled photographs: pip install scikit-image")
+        raise RuntimeError("the demo's photographs come from scikit-image: pip install -e '.[demo]' (make demo does)")
     rng = np.random.default_rng(seed)
     return np.stack([np.asarray(_crop(photos[int(rng.integers(len(photos)))], rng, size)) for _ in range(count)])

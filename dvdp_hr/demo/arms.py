@@ -1,0 +1,56 @@
+"""The demo's two arms, each trained by the real trainer under torchrun (DeepSpeed ZeRO-2, gloo,
+one thread per rank): DVDP (configs/demo_dvdp.yaml) and the fixed-resolution baseline
+(configs/demo_fixed.yaml) with train.max_images chosen so it uses the DVDP arm's training FLOPs."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class Arm:
+    name: str         # "dvdp" | "fixed"
+    label: str        # for tables and plots
+    config: str       # YAML path
+    run_dir: str
+
+
+def arms(run_dir: str) -> list[Arm]:
+    return [Arm("dvdp", "DVDP (64 <- 32 <- 16 px)", str(CONFIGS / "demo_dvdp.yaml"), os.path.join(run_dir, "dvdp")),
+            Arm("fixed", "fixed resolution (64 px)", str(CONFIGS / "demo_fixed.yaml"), os.path.join(run_dir, "fixed"))]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_command(arm: Arm, shards: str, max_images: int, overrides: list[str], nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+            "127.0.0.1", "--master_port", str(_free_port()), "-m", "dvdp_hr.cli", "train", "--config", arm.config,
+            "--run-dir", arm.run_dir, "--shards", shards, "--max-images", str(max_images), *overrides]
+
+
+def train_env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(CONFIGS.parent / ".cache" / "torch_extensions"))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONFIGS.parent), env.get("PYTHONPATH")]))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # a demo started inside another job must not join it
+    return env
+
+
+def train_arm(arm: Arm, shards: str, max_images: int, overrides: list[str], nproc: int = 2) -> None:
+    """Trains (or resumes, or finds finished) one arm; its progress lines go to this terminal."""
+    cmd = train_command(arm, shards, max_images, overrides, nproc)
+    code = subprocess.run(cmd, env=train_env()).returncode
+    if code:
+        raise RuntimeError(f"training the {arm.name} arm exited {code}; its log is in {arm.run_dir} and the "
+                           f"command was:\n  {' '.join(cmd)}\nrerun `dvdp-hr demo` to resume")
