@@ -7,10 +7,23 @@ from .schedule import DVDPSchedule, pyramid_levels, schedule_shift
 
 
 # dvdp-math.md s8: sum over denoiser calls of (r_k / r_0)^2, divided by the number of calls
-def cost_fraction(schedule: DVDPSchedule, steps: int | None = None) -> float:
-    calls = step_grid(schedule, steps)[:-1]
-    pixels = [(schedule.stage_resolution(schedule.stage_of(t)) / schedule.resolution) ** 2 for t in calls]
-    return sum(pixels) / len(calls)
+def cost_fraction(schedule: DVDPSchedule, steps: int | None = None, policy: str | None = None) -> float:
+    """policy: the step grid's (grid.step_grid; None = the schedule's sampling_grid)."""
+    return full_resolution_calls(schedule, steps, policy) / (len(step_grid(schedule, steps, policy)) - 1)
+
+
+# dvdp-math.md s8: the same sum, not divided: one sample's denoiser compute in full-resolution calls
+def full_resolution_calls(schedule: DVDPSchedule, steps: int | None = None, policy: str | None = None) -> float:
+    calls = step_grid(schedule, steps, policy)[:-1]
+    return sum((schedule.stage_resolution(schedule.stage_of(t)) / schedule.resolution) ** 2 for t in calls)
+
+
+def cost_matched_steps(schedule: DVDPSchedule, steps: int, policy: str, other: str) -> int:
+    """The step count at which grid policy `other` costs (full_resolution_calls) what `policy` costs
+    at `steps`: grids compared at equal sampling compute rather than at equal denoiser calls."""
+    target = full_resolution_calls(schedule, steps, policy)
+    candidates = range(schedule.num_stages, schedule.num_steps + 1)
+    return min(candidates, key=lambda n: abs(full_resolution_calls(schedule, n, other) - target))
 
 
 # dvdp-math.md s8: per-coordinate SNR of the band removed at the end of stage k

@@ -129,3 +129,16 @@ def test_turning_point_rule_hits_the_snr_threshold():
         assert band_snr(float(s.abar[tp]), var) < 0.05 <= band_snr(float(s.abar[tp - 1]), var)
     with pytest.raises(ValueError, match="band_variances"):
         propose_turning_points(512, 64, [0.1])
+
+
+def test_full_resolution_calls_weigh_each_call_by_its_pixels():
+    from dvdp_hr.diffusion.cost import cost_matched_steps, full_resolution_calls
+
+    s = DVDPSchedule(resolution=1024, root_resolution=64, turning_points=[139, 261, 421, 584],
+                     beta_schedule="cosine_interpolated")  # configs/ffhq1024.yaml's abar_t
+    # uniform, 50 calls: 7 / 6 / 8 / 8 / 21 per stage (1024 ... 64 px), weighted 1, 1/4, 1/16, 1/64, 1/256
+    assert full_resolution_calls(s, 50, "uniform") == 7 + 6 / 4 + 8 / 16 + 8 / 64 + 21 / 256
+    assert full_resolution_calls(s, 50, "uniform") == pytest.approx(cost_fraction(s, 50, "uniform") * 50)
+    assert cost_matched_steps(s, 50, "uniform", "uniform") == 50
+    matched = cost_matched_steps(s, 50, "logsnr", "uniform")  # logsnr puts 15 of 50 calls at 1024 px
+    assert matched > 80 and abs(full_resolution_calls(s, matched, "uniform") - full_resolution_calls(s, 50, "logsnr")) < 0.3
