@@ -7,9 +7,12 @@ Both arms train configs/tiny_cpu.yaml's network (64 -> 32 -> 16) on crops of sci
 photographs (dvdp_hr.train.demo_data.photo_crops), with turning points from the band rule on the
 crops' own band variances. (a): cosine betas, stage weights by timestep share, min-SNR in orthonormal
 units, uniform grid. (b): ffhq1024.yaml's beta_schedule, stage_weighting, loss_weighting and
-sampling_grid, sampled with and without the variance correction. Sampling: DDIM, 50 steps.
+sampling_grid. Sampling: DDIM at --steps under each --grids policy (dvdp_hr.diffusion.grid), with
+the variance correction as an extra variant when --variance-correction is given.
 
-    python bench/schedule_ab.py                      # CPU, ~25 min on 2 quiet cores
+    python bench/schedule_ab.py --variance-correction   # schedule_ab.md: both arms, CPU ~25 min
+    python bench/schedule_ab.py --arms b_shipped --grids uniform,logsnr --steps 50 --match-cost \
+        --name schedule_grid_ab                        # the grid policy on trained models, ~30 min
     python bench/schedule_ab.py --device cuda --images 200000 --count 1024 --name schedule_ab.cuda
 """
 import argparse
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from common import write_results  # noqa: E402
 from dvdp_hr.data import BandStats  # noqa: E402
 from dvdp_hr.diffusion import sample, training_loss  # noqa: E402
+from dvdp_hr.diffusion.cost import cost_matched_steps, full_resolution_calls  # noqa: E402
 from dvdp_hr.metrics.swd import SWDConfig, swd  # noqa: E402
 from dvdp_hr.train.config import load_config  # noqa: E402
 from dvdp_hr.train.demo_data import photo_crops  # noqa: E402
@@ -67,6 +71,7 @@ def train(cfg, data: torch.Tensor, device: torch.device, halflife_images: float)
     """Plain torch training (no DeepSpeed) with the trainer's stage choice, loss and LR schedule;
     returns the EMA model (half-life in images)."""
     schedule = build_schedule(cfg)
+    torch.manual_seed(cfg.train.seed)  # the initial weights too: a rerun trains the same models
     model = build_model(cfg, schedule).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=0.0)
@@ -108,10 +113,10 @@ def quantised(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, schedule, reference: torch.Tensor, count: int, seed: int, grid: str,
+def evaluate(model, schedule, reference: torch.Tensor, count: int, seed: int, grid: str, steps: int,
              correction: list | None, device: torch.device) -> dict:
     seeds = range(seed * 1_000_000, seed * 1_000_000 + count)
-    images = sample(model.predict_x0, schedule, seeds, method="ddim", steps=50, grid=grid, device=device,
+    images = sample(model.predict_x0, schedule, seeds, method="ddim", steps=steps, grid=grid, device=device,
                     variance_correction=correction)
     return swd(quantised(images.cpu()), reference, SWDConfig(min_resolution=16))
 
@@ -128,10 +133,27 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_lines(rows: list[dict]) -> list[str]:
+    """SWD of every variant minus the first one's on the same trained model (per seed): the variants
+    of one arm share its models, so the paired difference is far less noisy than the two means."""
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    score = {(r["variant"], r["seed"]): r["swd"]["swd_mean"] for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    lines = ["", f"Paired difference on the same models, minus `{variants[0]}` (SWD mean x 1e3; negative: better):",
+             "", "| variant | per seed | mean +- std |", "|---|---|---|"]
+    for variant in variants[1:]:
+        diffs = [score[variant, s] - score[variants[0], s] for s in seeds if (variant, s) in score]
+        if not diffs or any(variant.split(" (")[0] != v.split(" (")[0] for v in variants[:1]):
+            continue  # another arm: other models, nothing to pair
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        lines.append(f"| {variant} | {', '.join(f'{d:+.2f}' for d in diffs)} | {statistics.mean(diffs):+.2f} +- {spread:.2f} |")
+    return lines
+
+
 def markdown(summary: list[dict], floor: dict, arms: dict, args) -> list[str]:
     levels = [k for k in summary[0] if k.startswith("swd_") and k != "swd_mean"]
     lines = [f"Training images per run: {args.images:,}; generated images per run: {args.count}; reference: "
-             f"{args.count} held-out photo crops; DDIM 50 steps. SWD x 1e3 (lower is better), mean +- std over "
+             f"{args.count} held-out photo crops; DDIM. SWD x 1e3 (lower is better), mean +- std over "
              f"seeds. Real-vs-real floor (two disjoint crop sets): {floor['swd_mean']:.2f}.", "",
              "Arms: " + "; ".join(f"{name}: {', '.join(f'{k}={v}' for k, v in c.items())}" for name, c in arms.items()),
              "", "| variant | seeds | SWD mean | " + " | ".join(levels) + " |", "|---|---|---|" + "---|" * len(levels)]
@@ -141,12 +163,35 @@ def markdown(summary: list[dict], floor: dict, arms: dict, args) -> list[str]:
     return lines
 
 
+def sampling_variants(arm: str, schedule, bands: list[float], args):
+    """(label, grid policy, steps, variance correction) for every way one trained model is sampled;
+    --match-cost adds the first grid at the step count where it costs what each other grid costs."""
+    corrections = [None, bands] if args.variance_correction and arm == "b_shipped" else [None]
+    grids = args.grids.split(",")
+    for steps in (int(s) for s in args.steps.split(",")):
+        plans = [(grid, steps) for grid in grids]
+        if args.match_cost:
+            plans += [(grids[0], cost_matched_steps(schedule, steps, grid, grids[0])) for grid in grids[1:]]
+        for grid, n in plans:
+            for correction in corrections:
+                label = f"{arm} ({schedule.beta_schedule} {schedule.turning_points}, DDIM {n}, grid {grid}, " \
+                        f"{full_resolution_calls(schedule, n, grid):.1f} full-res calls"
+                yield label + (", variance correction)" if correction else ")"), grid, n, correction
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=12000, help="training images per run (both arms)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--count", type=int, default=128, help="generated (and reference) images per run")
     p.add_argument("--train-images", type=int, default=1024, help="size of the training crop set")
+    p.add_argument("--arms", default="a_before,b_shipped", help="comma list of a_before, b_shipped")
+    p.add_argument("--grids", default="uniform", help="comma list of grid policies to sample each model with")
+    p.add_argument("--steps", default="50", help="comma list of DDIM step counts")
+    p.add_argument("--match-cost", action="store_true",
+                   help="also sample the first grid at the step count where it costs what each other grid costs")
+    p.add_argument("--variance-correction", action="store_true",
+                   help="also sample b_shipped with the variance correction (band variances of the crops)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default="schedule_ab", help="result file name under bench/results/")
@@ -156,25 +201,23 @@ def main() -> None:
     data, reference = images_tensor(args.train_images, seed=1), images_tensor(args.count, seed=2)
     floor = swd(quantised(images_tensor(args.count, seed=3)), reference, SWDConfig(min_resolution=16))
     bands = band_variances(data)
-    arms = {"a_before": BEFORE, "b_shipped": shipped_choices()}
+    arms = {name: choices for name, choices in {"a_before": BEFORE, "b_shipped": shipped_choices()}.items()
+            if name in args.arms.split(",")}
     rows = []
     for seed in range(args.seeds):
         for name, choices in arms.items():
             cfg = arm_config(choices, bands, seed, args.images)
             model, schedule = train(cfg, data.to(device), device, halflife_images=args.images / 10)
-            corrections = [None, bands] if name == "b_shipped" else [None]
-            for correction in corrections:
-                variant = f"{name} ({schedule.beta_schedule} {schedule.turning_points}, grid {schedule.sampling_grid}"
-                variant += ", variance correction)" if correction else ")"
-                result = evaluate(model, schedule, reference, args.count, seed, None, correction, device)
+            for variant, grid, steps, correction in sampling_variants(name, schedule, bands, args):
+                result = evaluate(model, schedule, reference, args.count, seed, grid, steps, correction, device)
                 rows.append({"variant": variant, "seed": seed, "swd": result})
                 print(f"[{time.perf_counter() - start:6.0f}s] seed {seed} {variant}: SWD {result['swd_mean']:.2f}",
                       flush=True)
     summary = summarise(rows)
+    lines = markdown(summary, floor, arms, args) + paired_lines(rows)
     write_results(args.name, {"args": vars(args), "band_variances": bands, "floor": floor, "rows": rows,
-                              "summary": summary, "seconds": time.perf_counter() - start},
-                  markdown(summary, floor, arms, args))
-    print("\n".join(markdown(summary, floor, arms, args)))
+                              "summary": summary, "seconds": time.perf_counter() - start}, lines)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
