@@ -40,6 +40,7 @@ def train_command(arm: Arm, shards: str, max_images: int, overrides: list[str], 
 
 def train_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # DeepSpeed's deprecated collectives, once per rank
     env.setdefault("TORCH_EXTENSIONS_DIR", str(CONFIGS.parent / ".cache" / "torch_extensions"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONFIGS.parent), env.get("PYTHONPATH")]))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

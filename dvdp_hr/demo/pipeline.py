@@ -3,6 +3,7 @@ baseline on the same training FLOPs -> sample and score both -> plots and a summ
 Rerunning it resumes: shards and finished training runs are kept."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -42,8 +43,29 @@ def per_image_flops(config: str, overrides: list[str]) -> tuple[list[int], list[
     return counts, [schedule.stage_resolution(k) for k in range(schedule.num_stages)]
 
 
+def check_settings(run_dir: str, settings: dict) -> None:
+    """The training settings of a run directory are fixed at its first run (a rerun resumes it);
+    sampling settings (--count, --steps, --inception) may change."""
+    path = os.path.join(run_dir, "demo.json")
+    if os.path.isfile(path):
+        with open(path) as fh:
+            saved = json.load(fh)
+        if saved != settings:
+            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in saved.items())
+            raise RuntimeError(f"{run_dir} holds a demo trained with {flags}; rerun with those to resume it, or "
+                               f"give a new --run-dir for {settings}")
+        return
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        raise RuntimeError(f"{run_dir} is not empty and holds no demo.json (an older demo's or another run's "
+                           f"files): remove it or give a new --run-dir")
+    os.makedirs(run_dir, exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(settings, fh)
+
+
 def run_demo(run_dir: str, images: int = 24000, count: int = 128, steps: int = 50, inception: str | None = None,
              nproc: int = 2, train_photos: int = 2048) -> int:
+    check_settings(run_dir, {"images": images, "train_photos": train_photos, "nproc": nproc})
     step, result = Steps(6), {"nproc": nproc, "steps": steps, "count": count, "arms": []}
     step(f"data: {train_photos} training crops of scikit-image's photographs -> 64/32/16 px shards")
     data_dir = os.path.join(run_dir, "data")

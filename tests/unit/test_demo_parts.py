@@ -59,3 +59,21 @@ def test_tile_lays_images_out_row_by_row():
     images = np.arange(6, dtype=np.uint8).reshape(6, 1, 1, 1).repeat(3, axis=3)
     mosaic = plots.tile(images, columns=3)
     assert mosaic.shape == (2, 3, 3) and mosaic[:, :, 0].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_a_demo_run_directory_keeps_its_training_settings(tmp_path):
+    from dvdp_hr.demo.pipeline import check_settings
+
+    settings = {"images": 400, "train_photos": 128, "nproc": 2}
+    check_settings(str(tmp_path), settings)
+    check_settings(str(tmp_path), dict(settings))  # a rerun with the same settings resumes
+    with pytest.raises(RuntimeError, match="--images 400 --train-photos 128 --nproc 2.*new --run-dir"):
+        check_settings(str(tmp_path), {**settings, "images": 800})
+
+
+def test_a_folder_with_other_files_is_not_taken_for_a_demo(tmp_path):
+    from dvdp_hr.demo.pipeline import check_settings
+
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(RuntimeError, match="holds no demo.json"):
+        check_settings(str(tmp_path), {"images": 400, "train_photos": 128, "nproc": 2})
