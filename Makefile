@@ -21,7 +21,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -m "not gpu" $(PYTEST_ARGS)
 
-# DVDP vs fixed resolution on CPU (~10 min on 2 cores); DEMO_ARGS e.g. "--inception /path/to/inception-2015-12-05.pt"
+# DVDP vs fixed resolution on CPU (~7 min on 2 cores after install); DEMO_ARGS e.g. "--inception /path/to/inception-2015-12-05.pt"
 demo: $(STAMP)
 	$(VENV)/bin/dvdp-hr demo --run-dir runs/demo $(DEMO_ARGS)
 
