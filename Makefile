@@ -8,10 +8,11 @@ export WANDB_MODE ?= offline
 
 .PHONY: install test demo bench clean
 
+# torch 2.14.1 + torchvision 0.29.1: a matching pair (the CUDA build; it also runs on CPUs). One venv
+# serves the demo, the tests and the GPU cluster (~6 GB with torch's CUDA libraries).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch 2.14.1 + torchvision 0.29.1 pair; the CPU-only torch 2.13 cannot be paired with torchvision here.
 	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -q -e ".[test,demo]"
 	touch $(STAMP)

@@ -4,6 +4,7 @@ one thread per rank): DVDP (configs/demo_dvdp.yaml) and the fixed-resolution bas
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,8 +40,12 @@ def train_command(arm: Arm, shards: str, max_images: int, overrides: list[str], 
 
 
 def train_env() -> dict:
+    import torch
+
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     env.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # DeepSpeed's deprecated collectives, once per rank
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")  # said, not guessed: DeepSpeed then skips its "no GPU" warning
     env.setdefault("TORCH_EXTENSIONS_DIR", str(CONFIGS.parent / ".cache" / "torch_extensions"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONFIGS.parent), env.get("PYTHONPATH")]))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -48,10 +53,21 @@ def train_env() -> dict:
     return env
 
 
+def check_compiler(env: dict) -> None:
+    """DeepSpeed's CPU backend compiles a small C++ op (shared-memory collectives) on its first start
+    (~30 s, cached in TORCH_EXTENSIONS_DIR); without a compiler both ranks die in ninja tracebacks."""
+    built = os.path.isdir(os.path.join(env["TORCH_EXTENSIONS_DIR"], "deepspeed_shm_comm"))
+    compiler = env.get("CXX", "c++")
+    if env.get("DS_ACCELERATOR") == "cpu" and not built and not shutil.which(compiler):
+        raise RuntimeError(f"no C++ compiler ({compiler!r} is not on PATH): DeepSpeed's CPU backend compiles a small "
+                           "op on first use. Install one (Debian/Ubuntu: apt install g++) and run `make demo` again.")
+
+
 def train_arm(arm: Arm, shards: str, max_images: int, overrides: list[str], nproc: int = 2) -> None:
     """Trains (or resumes, or finds finished) one arm; its progress lines go to this terminal."""
-    cmd = train_command(arm, shards, max_images, overrides, nproc)
-    code = subprocess.run(cmd, env=train_env()).returncode
+    cmd, env = train_command(arm, shards, max_images, overrides, nproc), train_env()
+    check_compiler(env)
+    code = subprocess.run(cmd, env=env).returncode
     if code:
-        raise RuntimeError(f"training the {arm.name} arm exited {code}; its log is in {arm.run_dir} and the "
-                           f"command was:\n  {' '.join(cmd)}\nrerun `dvdp-hr demo` to resume")
+        raise RuntimeError(f"training the {arm.name} arm exited {code} (the ranks' errors are above). The command "
+                           f"was:\n  {' '.join(cmd)}\nOnce fixed, `make demo` again resumes from the last checkpoint.")

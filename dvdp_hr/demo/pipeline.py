@@ -9,6 +9,7 @@ import time
 
 from dvdp_hr.metrics.logging import read_jsonl
 from dvdp_hr.train.config import load_config
+from dvdp_hr.train.confutil import ConfigError
 from dvdp_hr.train.setup import build_model, build_schedule
 
 from . import arms as A
@@ -51,16 +52,20 @@ def check_settings(run_dir: str, settings: dict) -> None:
         with open(path) as fh:
             saved = json.load(fh)
         if saved != settings:
-            flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in saved.items())
-            raise RuntimeError(f"{run_dir} holds a demo trained with {flags}; rerun with those to resume it, or "
-                               f"give a new --run-dir for {settings}")
+            raise ConfigError(f"{run_dir} holds a demo trained with {_flags(saved)}. Rerun with those flags to resume "
+                              f"it, or train {_flags(settings)} in a new folder: dvdp-hr demo --run-dir runs/demo2 "
+                              f"{_flags(settings)} (make demo DEMO_ARGS=\"...\"), or delete {run_dir}")
         return
     if os.path.isdir(run_dir) and os.listdir(run_dir):
-        raise RuntimeError(f"{run_dir} is not empty and holds no demo.json (an older demo's or another run's "
-                           f"files): remove it or give a new --run-dir")
+        raise ConfigError(f"{run_dir} is not empty and holds no demo.json (an older demo's or another run's files): "
+                          f"delete it or give a new --run-dir")
     os.makedirs(run_dir, exist_ok=True)
     with open(path, "w") as fh:
         json.dump(settings, fh)
+
+
+def _flags(settings: dict) -> str:
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in settings.items())
 
 
 def run_demo(run_dir: str, images: int = 24000, count: int = 128, steps: int = 50, inception: str | None = None,
@@ -96,9 +101,11 @@ def run_demo(run_dir: str, images: int = 24000, count: int = 128, steps: int = 5
 
 
 def _score_arm(arm, per_image, resolutions, reference, count, steps, inception) -> dict:
+    print(f"{arm.label}: sampling {count} images and scoring them ...", flush=True)
     losses = read_jsonl(os.path.join(arm.run_dir, "loss.jsonl"))
     sampled = score.generate_scored(arm.run_dir, reference, count, steps)
-    out = {"name": arm.name, "label": arm.label, "config": arm.config, "run_dir": arm.run_dir,
+    out = {"name": arm.name, "label": arm.label, "config": os.path.relpath(arm.config, A.CONFIGS.parent),
+           "run_dir": arm.run_dir,
            "resolutions": resolutions, "train_images_per_stage": flops.images_per_stage(losses, len(per_image)),
            "train_flops_per_image": per_image, "train_flops": flops.training_flops(losses, per_image),
            "train_seconds": report.training_seconds(read_jsonl(os.path.join(arm.run_dir, "stats.jsonl"))),
@@ -121,7 +128,8 @@ def _finish(step, result: dict, run_dir: str, reference) -> int:
                                            "per_image_flops": a["train_flops_per_image"]} for a in arms],
                                          os.path.join(run_dir, "loss_curves.png")),
         "sample grids": plots.grids_figure(
-            [(f"{a['label']}\nSWD {a['stages']['0']['swd_mean']:.1f}", a["images"]) for a in arms]
+            [(f"{a['label']}\nSWD {a['stages']['0']['swd_mean']:.1f} (first {min(64, len(a['images']))} samples)",
+              a["images"]) for a in arms]
             + [(f"held-out photos\nSWD {result['floor']['swd_mean']:.1f} (floor)", reference)],
             os.path.join(run_dir, "samples.png"))}
     for a in arms:

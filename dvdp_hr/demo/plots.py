@@ -47,6 +47,7 @@ def loss_figure(arms: list[dict], path: str) -> str:
             ax.plot(x, y, label=f"stage {k}: {arm['resolutions'][k]} px")
         ax.set(title=arm["label"], xlabel="training denoiser TFLOPs", ylabel="loss (trailing mean of 25 steps)",
                yscale="log")
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())  # decade labels only
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -64,7 +65,7 @@ def tile(images: np.ndarray, columns: int = 8) -> np.ndarray:
 
 
 def grids_figure(panels: list[tuple[str, np.ndarray]], path: str) -> str:
-    """Side-by-side mosaics (title, uint8 NHWC images)."""
+    """Side-by-side mosaics (title, uint8 NHWC images): the first 64 images of each."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.6), squeeze=False)
     for ax, (title, images) in zip(axes[0], panels):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 
 
 def training_seconds(stats: list[dict]) -> float:
@@ -50,14 +51,14 @@ def write_summary(result: dict, out_dir: str) -> str:
     """summary.json + summary.md in out_dir; returns the markdown."""
     dvdp = next(a for a in result["arms"] if a["name"] == "dvdp")
     text = "\n".join([
-        f"Training: {result['nproc']} CPU processes (DeepSpeed ZeRO-2, gloo), same training denoiser FLOPs "
+        *textwrap.wrap(f"Training: {result['nproc']} CPU processes (DeepSpeed ZeRO-2, gloo), same training denoiser FLOPs "
         f"(torch FlopCounterMode: matmuls + convolutions, forward + backward). Sampling: DDIM {result['steps']} "
         f"steps, {result['count']} images per model, 1 process. SWD: multi-scale sliced Wasserstein distance "
         f"(Karras et al. 2018) vs {result['count']} held-out photo crops; lower is better; the floor row "
-        f"compares two held-out sets.", "",
+        f"compares two held-out sets.", 100), "",
         *summary_lines(result), "",
-        "DVDP per stage (each stage's state as it ends vs the data at that stage plus the same noise; "
-        "dvdp_hr/metrics/stages.py):", "", *stage_lines(dvdp), "",
+        *textwrap.wrap("DVDP per stage (each stage's state as it ends vs the data at that stage plus the same noise; "
+                       "dvdp_hr/metrics/stages.py):", 100), "", *stage_lines(dvdp), "",
         *(f"- {name}: {path}" for name, path in result["outputs"].items())])
     with open(os.path.join(out_dir, "summary.json"), "w") as fh:
         json.dump(result, fh, indent=2)

@@ -7,6 +7,7 @@ import torch
 
 from dvdp_hr.demo import flops, plots, report
 from dvdp_hr.train.config import load_config
+from dvdp_hr.train.confutil import ConfigError
 from dvdp_hr.train.setup import build_model, build_schedule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,7 +68,7 @@ def test_a_demo_run_directory_keeps_its_training_settings(tmp_path):
     settings = {"images": 400, "train_photos": 128, "nproc": 2}
     check_settings(str(tmp_path), settings)
     check_settings(str(tmp_path), dict(settings))  # a rerun with the same settings resumes
-    with pytest.raises(RuntimeError, match="--images 400 --train-photos 128 --nproc 2.*new --run-dir"):
+    with pytest.raises(ConfigError, match="--images 400 --train-photos 128 --nproc 2. Rerun.*new folder"):
         check_settings(str(tmp_path), {**settings, "images": 800})
 
 
@@ -75,5 +76,5 @@ def test_a_folder_with_other_files_is_not_taken_for_a_demo(tmp_path):
     from dvdp_hr.demo.pipeline import check_settings
 
     (tmp_path / "checkpoints").mkdir()
-    with pytest.raises(RuntimeError, match="holds no demo.json"):
+    with pytest.raises(ConfigError, match="holds no demo.json"):
         check_settings(str(tmp_path), {"images": 400, "train_photos": 128, "nproc": 2})
