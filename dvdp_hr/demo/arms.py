@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from dvdp_hr.distributed.env import free_port
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -27,15 +28,9 @@ def arms(run_dir: str) -> list[Arm]:
             Arm("fixed", "fixed resolution (64 px)", str(CONFIGS / "demo_fixed.yaml"), os.path.join(run_dir, "fixed"))]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train_command(arm: Arm, shards: str, max_images: int, overrides: list[str], nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-            "127.0.0.1", "--master_port", str(_free_port()), "-m", "dvdp_hr.cli", "train", "--config", arm.config,
+            "127.0.0.1", "--master_port", str(free_port()), "-m", "dvdp_hr.cli", "train", "--config", arm.config,
             "--run-dir", arm.run_dir, "--shards", shards, "--max-images", str(max_images), *overrides]
 
 

@@ -127,7 +127,8 @@ def device_index(local_rank: int | None = None, visible: int | None = None) -> i
     return local_rank % visible
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (for a single-host rendezvous)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -154,11 +155,11 @@ def setup_env() -> DistEnv:
                   f"{env['SLURM_NTASKS']} tasks (start one process per task with srun)", file=sys.stderr, flush=True)
         env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
         env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        env.setdefault("MASTER_PORT", str(free_port()))
     env.setdefault("LOCAL_RANK", "0")
     env.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in env:  # RANK given without a port (a hand-set environment)
-        env["MASTER_PORT"] = str(job_port(int(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else _free_port())
+        env["MASTER_PORT"] = str(job_port(int(env["SLURM_JOB_ID"])) if "SLURM_JOB_ID" in env else free_port())
     return current()
 
 

@@ -4,19 +4,14 @@ DeepSpeed JIT-compiles a CPU shared-memory op on first use (~30 s); TORCH_EXTENS
 at the repository's .cache (the Makefile's choice) so it is compiled once for all runs.
 """
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from dvdp_hr.distributed.env import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TINY_CONFIG = str(REPO / "configs" / "tiny_cpu.yaml")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def launch_env(**extra) -> dict:
@@ -32,7 +27,7 @@ def launch_env(**extra) -> dict:
 def torchrun_cmd(args: list[str], nproc: int = 2) -> list[str]:
     """`torchrun --nproc_per_node N` running `args` (a module after -m, or a script path)."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
+            "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
 
 
 def train_cmd(run_dir, shards, max_images: int, checkpoint_every: int, *overrides: str) -> list[str]:

@@ -12,7 +12,8 @@ import yaml
 
 from dvdp_hr.cli import main as cli
 from dvdp_hr.distributed import integrity
-from launch import REPO, TINY_CONFIG, _free_port, launch_env, run_checked, train_cmd
+from dvdp_hr.distributed.env import free_port
+from launch import REPO, TINY_CONFIG, launch_env, run_checked, train_cmd
 
 MAX_IMAGES, EVERY = 96, 32
 COMMON = ["logging.every_steps=4", "logging.progress=false", "logging.sample_every_images=0",
@@ -116,7 +117,7 @@ def test_every_minutes_saves_on_the_clock(tiny_shards, tmp_path):
 def _ranks_without_launcher(args: list[str], nproc: int = 2) -> list[subprocess.CompletedProcess]:
     """One process per rank, ranks from the environment: each one's own exit code is observed
     (torchrun would stop the others once the first exits)."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = [subprocess.Popen([sys.executable, "-m", "dvdp_hr.cli", *args], cwd=REPO, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=launch_env(RANK=str(r), WORLD_SIZE=str(nproc), LOCAL_RANK=str(r),
