@@ -6,16 +6,22 @@ from .grid import step_grid
 from .schedule import DVDPSchedule, pyramid_levels, schedule_shift
 
 
+def _call_pixel_fractions(schedule: DVDPSchedule, steps: int | None, policy: str | None) -> list[float]:
+    """(r_k / r_0)^2 of every denoiser call of the step grid."""
+    calls = step_grid(schedule, steps, policy)[:-1]
+    return [(schedule.stage_resolution(schedule.stage_of(t)) / schedule.resolution) ** 2 for t in calls]
+
+
 # dvdp-math.md s8: sum over denoiser calls of (r_k / r_0)^2, divided by the number of calls
 def cost_fraction(schedule: DVDPSchedule, steps: int | None = None, policy: str | None = None) -> float:
     """policy: the step grid's (grid.step_grid; None = the schedule's sampling_grid)."""
-    return full_resolution_calls(schedule, steps, policy) / (len(step_grid(schedule, steps, policy)) - 1)
+    fractions = _call_pixel_fractions(schedule, steps, policy)
+    return sum(fractions) / len(fractions)
 
 
 # dvdp-math.md s8: the same sum, not divided: one sample's denoiser compute in full-resolution calls
 def full_resolution_calls(schedule: DVDPSchedule, steps: int | None = None, policy: str | None = None) -> float:
-    calls = step_grid(schedule, steps, policy)[:-1]
-    return sum((schedule.stage_resolution(schedule.stage_of(t)) / schedule.resolution) ** 2 for t in calls)
+    return sum(_call_pixel_fractions(schedule, steps, policy))
 
 
 def cost_matched_steps(schedule: DVDPSchedule, steps: int, policy: str, other: str) -> int:
