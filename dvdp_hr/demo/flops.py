@@ -44,12 +44,20 @@ def sampling_flops_per_image(model: torch.nn.Module, schedule, steps: int, metho
     return _counted(lambda: sample(model.predict_x0, schedule, [0], method=method, steps=steps))
 
 
-def images_per_stage(losses: list[dict], num_stages: int) -> list[int]:
-    """Training images per stage from loss.jsonl (one record per optimizer step, cumulative images)."""
-    counts, before = [0] * num_stages, 0
+def step_images(losses: list[dict]):
+    """(record, images that step trained) for each loss.jsonl record (one per optimizer step, holding
+    the cumulative image count), in step order."""
+    before = 0
     for record in sorted(losses, key=lambda r: r["step"]):
-        counts[record["stage"]] += record["images"] - before
+        yield record, record["images"] - before
         before = record["images"]
+
+
+def images_per_stage(losses: list[dict], num_stages: int) -> list[int]:
+    """Training images per stage from loss.jsonl."""
+    counts = [0] * num_stages
+    for record, images in step_images(losses):
+        counts[record["stage"]] += images
     return counts
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .flops import step_images
+
 
 def _pyplot():
     try:
@@ -28,10 +30,9 @@ def smoothed(values: list[float], window: int = 25) -> np.ndarray:
 def stage_curves(losses: list[dict], per_image_flops: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """{stage: (cumulative training TFLOPs at each of its steps, smoothed loss)}."""
     points: dict[int, tuple[list, list]] = {}
-    flops, before = 0, 0
-    for record in sorted(losses, key=lambda r: r["step"]):
-        flops += (record["images"] - before) * per_image_flops[record["stage"]]
-        before = record["images"]
+    flops = 0
+    for record, images in step_images(losses):
+        flops += images * per_image_flops[record["stage"]]
         xs, ys = points.setdefault(record["stage"], ([], []))
         xs.append(flops / 1e12)
         ys.append(record["loss"])
