@@ -143,8 +143,8 @@ def paired_lines(rows: list[dict]) -> list[str]:
              "", "| variant | per seed | mean +- std |", "|---|---|---|"]
     for variant in variants[1:]:
         diffs = [score[variant, s] - score[variants[0], s] for s in seeds if (variant, s) in score]
-        if not diffs or any(variant.split(" (")[0] != v.split(" (")[0] for v in variants[:1]):
-            continue  # another arm: other models, nothing to pair
+        if not diffs or variant.split(" (")[0] != variants[0].split(" (")[0]:
+            continue  # another arm (the label's first word): other models, nothing to pair
         spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         lines.append(f"| {variant} | {', '.join(f'{d:+.2f}' for d in diffs)} | {statistics.mean(diffs):+.2f} +- {spread:.2f} |")
     return lines
