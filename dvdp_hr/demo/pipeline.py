@@ -7,6 +7,7 @@ import json
 import os
 import time
 
+from dvdp_hr.distributed.integrity import read_json
 from dvdp_hr.metrics.logging import read_jsonl
 from dvdp_hr.train.config import load_config
 from dvdp_hr.train.confutil import ConfigError
@@ -48,9 +49,8 @@ def check_settings(run_dir: str, settings: dict) -> None:
     """The training settings of a run directory are fixed at its first run (a rerun resumes it);
     sampling settings (--count, --steps, --inception) may change."""
     path = os.path.join(run_dir, "demo.json")
-    if os.path.isfile(path):
-        with open(path) as fh:
-            saved = json.load(fh)
+    saved = read_json(path)
+    if saved is not None:
         if saved != settings:
             raise ConfigError(f"{run_dir} holds a demo trained with {_flags(saved)}. Rerun with those flags to resume "
                               f"it, or train {_flags(settings)} in a new folder: dvdp-hr demo --run-dir runs/demo2 "

@@ -13,6 +13,7 @@ Who writes what (DeepSpeed 0.19.8, no model/pipeline parallelism, dp rank = glob
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 
@@ -98,6 +99,14 @@ def share(files: dict[str, dict], rank: int, world_size: int) -> list[str]:
 def verify_share(folder: str, files: dict[str, dict], rank: int, world_size: int) -> list[str]:
     problems = (check(folder, name, files[name]) for name in share(files, rank, world_size))
     return [p for p in problems if p is not None]
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON file at `path`, or None when there is none (the counterpart of write_atomic)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
 
 
 def write_atomic(path: str, text: str) -> None:

@@ -17,6 +17,7 @@ import tarfile
 import numpy as np
 from PIL import Image
 
+from dvdp_hr.distributed.integrity import read_json
 from dvdp_hr.metrics.errors import EvaluationError
 
 SETTINGS = "samples.json"
@@ -73,12 +74,11 @@ def _png_complete(path: str) -> bool:
 def check_settings(outdir: str, settings: dict) -> None:
     """Write samples.json on first use; afterwards refuse settings that would change the images."""
     path = os.path.join(outdir, SETTINGS)
-    if not os.path.isfile(path):
+    old = read_json(path)
+    if old is None:
         os.makedirs(outdir, exist_ok=True)
         write_atomic(path, (json.dumps({"format": FORMAT, **settings}, indent=1) + "\n").encode())
         return
-    with open(path) as fh:
-        old = json.load(fh)
     diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
     if diffs:
         raise OutdirError(f"{outdir} holds samples made with other settings ({'; '.join(diffs)}). Rerun with "
@@ -86,11 +86,7 @@ def check_settings(outdir: str, settings: dict) -> None:
 
 
 def read_settings(outdir: str) -> dict | None:
-    path = os.path.join(outdir, SETTINGS)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as fh:
-        return json.load(fh)
+    return read_json(os.path.join(outdir, SETTINGS))
 
 
 # ---- what is finished ----

@@ -15,6 +15,7 @@ import os
 import torch
 
 from dvdp_hr.distributed.checkpoint import write_atomic
+from dvdp_hr.distributed.integrity import read_json
 
 BEST = "best.json"
 
@@ -116,8 +117,4 @@ def record_best(run_dir: str, metrics: dict, images: int, tag: str) -> dict | No
 
 
 def read_best(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, BEST)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as fh:
-        return json.load(fh)
+    return read_json(os.path.join(run_dir, BEST))
