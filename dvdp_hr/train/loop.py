@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from dvdp_hr.diffusion import training_loss
 from dvdp_hr.distributed import checkpoint as ckpt
+from dvdp_hr.distributed.collect import leave_ranks
 from dvdp_hr.distributed.env import all_reduce_sum, print0, setup_env
 from dvdp_hr.distributed.signals import REQUEUE_EXIT_CODE, StopFlag
 from dvdp_hr.metrics.logging import RunLogger
@@ -316,4 +317,8 @@ def train(cfg: RunConfig, run_dir: str, reshard: bool = False) -> int:
     """Train (or resume) the run in `run_dir`; returns the process exit code (0, or
     REQUEUE_EXIT_CODE after a stop signal). `reshard`: resume (not exactly) a checkpoint written
     on another world size instead of refusing it."""
-    return Trainer(cfg, run_dir, reshard).run()
+    code = Trainer(cfg, run_dir, reshard).run()
+    # Every rank returns here at the same step (the end is agreed in the step's all-reduce): close the
+    # group together, as sampling and the metrics do, so no rank exits while another still uses gloo.
+    leave_ranks()
+    return code

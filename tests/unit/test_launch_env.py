@@ -225,3 +225,34 @@ def test_default_handlers_are_not_deferred():
         flag.uninstall()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
+
+
+def test_training_leaves_the_process_group_only_after_a_normal_end(monkeypatch):
+    """A rank that exits while another still uses gloo can abort ("terminate called without an active
+    exception"): train() closes the group on every rank once the (agreed) end is reached, and not
+    after an error, where another rank may never reach the barrier."""
+    from dvdp_hr.train import loop
+
+    calls = []
+    monkeypatch.setattr(loop, "leave_ranks", lambda: calls.append("leave"))
+
+    class Finishing:
+        def __init__(self, *args):
+            calls.append("init")
+
+        def run(self):
+            calls.append("run")
+            return loop.REQUEUE_EXIT_CODE
+
+    monkeypatch.setattr(loop, "Trainer", Finishing)
+    assert loop.train(None, "run") == loop.REQUEUE_EXIT_CODE and calls == ["init", "run", "leave"]
+
+    class Failing(Finishing):
+        def run(self):
+            raise RuntimeError("a rank failed")
+
+    calls.clear()
+    monkeypatch.setattr(loop, "Trainer", Failing)
+    with pytest.raises(RuntimeError):
+        loop.train(None, "run")
+    assert calls == ["init"]
